@@ -1,0 +1,56 @@
+//! The names of the mesh's NATS objects (streams, buckets, consumers), in one place, so that the
+//! gateway, mesh-cli and the tests agree and a team can rename all of them with one prefix.
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::AgentId;
+use crate::subjects::{SubjectError, Subjects};
+
+/// Stream and bucket names plus the subject builder. `Default` gives the contract's names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MeshNames {
+    /// Subject prefix, `mesh`.
+    pub prefix: String,
+    /// Intents stream, `MESH_INTENTS`.
+    pub intents_stream: String,
+    /// Audit stream, `MESH_AUDIT`.
+    pub audit_stream: String,
+    /// Kill flags, `mesh-kill`.
+    pub kill_bucket: String,
+    /// Policies, `mesh-policy`.
+    pub policy_bucket: String,
+    /// Agent health, `mesh-health`.
+    pub health_bucket: String,
+    /// Gateway presence, `mesh-gateways`.
+    pub gateways_bucket: String,
+}
+
+impl Default for MeshNames {
+    fn default() -> Self {
+        MeshNames {
+            prefix: crate::subjects::DEFAULT_PREFIX.to_string(),
+            intents_stream: "MESH_INTENTS".to_string(),
+            audit_stream: "MESH_AUDIT".to_string(),
+            kill_bucket: "mesh-kill".to_string(),
+            policy_bucket: "mesh-policy".to_string(),
+            health_bucket: "mesh-health".to_string(),
+            gateways_bucket: "mesh-gateways".to_string(),
+        }
+    }
+}
+
+impl MeshNames {
+    /// The subject builder for this prefix.
+    pub fn subjects(&self) -> Result<Subjects, SubjectError> {
+        Subjects::new(self.prefix.clone())
+    }
+
+    /// The durable consumer that holds and delivers `id`'s inbound intents.
+    pub fn inbound_consumer(&self, id: &AgentId) -> String {
+        format!("in_{id}")
+    }
+
+    /// The priority group every gateway replica pulls recipient consumers with.
+    pub const PRIORITY_GROUP: &'static str = "mesh";
+}

@@ -1,0 +1,1 @@
+//! Test harness: starts real nats-server processes (free port, own store, restart, cluster).

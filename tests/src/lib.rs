@@ -1,0 +1,1 @@
+//! Integration tests of Agent Mesh against real nats-server processes.

@@ -81,7 +81,10 @@ pub enum ConfigError {
     #[error("could not read configuration: {0}")]
     Load(#[from] config::ConfigError),
     #[error("invalid configuration: `{field}` {problem}")]
-    Invalid { field: &'static str, problem: String },
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
 }
 
 impl GatewayConfig {
@@ -164,7 +167,13 @@ impl GatewayConfig {
             let host = hostname();
             let clean: String = host
                 .chars()
-                .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
                 .take(40)
                 .collect();
             format!("{clean}-{}", std::process::id())
@@ -230,11 +239,23 @@ mod tests {
 
         let err = GatewayConfig::load(None, env(&[("MESH_NAMES__PREFIX", "a.*")]))
             .expect_err("wildcard prefix refused");
-        assert!(matches!(err, ConfigError::Invalid { field: "names.prefix", .. }));
+        assert!(matches!(
+            err,
+            ConfigError::Invalid {
+                field: "names.prefix",
+                ..
+            }
+        ));
 
         let err = GatewayConfig::load(None, env(&[("MESH_ACK_WAIT", "1s")]))
             .expect_err("ack wait below request timeout refused");
-        assert!(matches!(err, ConfigError::Invalid { field: "ack_wait", .. }));
+        assert!(matches!(
+            err,
+            ConfigError::Invalid {
+                field: "ack_wait",
+                ..
+            }
+        ));
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -3,10 +3,106 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: layered configuration (defaults, file, `MESH_*`, flags) and its validation.
-//! - [`setup`]: creates or checks streams, buckets and per-recipient consumers.
+//! Data path (intent stream → recipient worker → agent inbox):
+//! - [`discover`]: learns which recipients have intents and starts their workers.
+//! - [`worker`]: one per recipient; pulls its consumer, keeps order per sender, hands work back.
+//! - [`deliver`]: one intent's delivery: gate checks, request, ack, retry in place.
+//! - [`reject`]: rejection notices and audit records.
+//!
+//! Control path (KV watch → gates → fence):
+//! - [`killwatch`]: follows `mesh-kill`, applies changes, fences and confirms them.
+//! - [`gate`]: per-agent kill state and in-flight accounting; fail-closed readiness.
+//! - [`presence`]: this replica's record in `mesh-gateways`.
+//!
+//! Around them: [`config`] (layered configuration), [`setup`] (streams, buckets, consumers) and
+//! [`run`], which wires a replica together and drains it on shutdown.
+#![forbid(unsafe_code)]
+
 pub mod config;
+pub mod deliver;
+pub mod discover;
+pub mod gate;
+pub mod killwatch;
+pub mod presence;
+pub mod reject;
 pub mod setup;
+pub mod worker;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use tokio_util::sync::CancellationToken;
 
 pub use config::{ConfigError, GatewayConfig};
 pub use setup::{MeshObjects, SetupError};
+
+/// The gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    #[error("invalid subject prefix: {0}")]
+    Prefix(#[from] mesh_schemas::SubjectError),
+}
+
+/// Runs one gateway replica on `client` until `shutdown` resolves, then drains: stops pulling,
+/// lets in-flight deliveries finish for up to `drain_grace`, hands the rest back to JetStream.
+pub async fn run(
+    client: async_nats::Client,
+    cfg: GatewayConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), GatewayError> {
+    cfg.validate()?;
+    let js = jetstream::new(client.clone());
+    let objects = setup::ensure(&js, &cfg).await?;
+    let subjects = cfg.names.subjects()?;
+    let gateway_id = cfg.gateway_id();
+    let cancel = CancellationToken::new();
+    let shared = Arc::new(worker::Shared {
+        rejector: reject::Rejector {
+            client: client.clone(),
+            js: js.clone(),
+            subjects: subjects.clone(),
+            gateway_id: gateway_id.clone(),
+        },
+        cfg: Arc::new(cfg),
+        subjects,
+        client: client.clone(),
+        js,
+        objects,
+        gates: Arc::new(gate::Gates::default()),
+        gateway_id: gateway_id.clone(),
+        cancel: cancel.clone(),
+        workers: std::sync::Mutex::new(Default::default()),
+        tracker: tokio_util::task::TaskTracker::new(),
+    });
+    tracing::info!(gateway = %gateway_id, "gateway starting");
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(killwatch::run(shared.clone()));
+    tasks.spawn(presence::run(shared.clone()));
+    tasks.spawn(discover::run(shared.clone()));
+
+    shutdown.await;
+    tracing::info!(gateway = %gateway_id, "draining");
+    cancel.cancel();
+    let grace = shared.cfg.drain_grace;
+    let drained = tokio::time::timeout(grace, async {
+        while tasks.join_next().await.is_some() {}
+        // Wait until every worker has handed its work back.
+        shared.tracker.close();
+        shared.tracker.wait().await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            ?grace,
+            "drain grace expired; unacknowledged intents return after the ack wait"
+        );
+    }
+    let _ = client.flush().await;
+    tracing::info!(gateway = %gateway_id, "gateway stopped");
+    Ok(())
+}

@@ -205,6 +205,26 @@ pub struct GatewayPresence {
 }
 
 impl GatewayPresence {
+    /// A presence record refreshed now.
+    pub fn new(
+        id: impl Into<String>,
+        version: impl Into<String>,
+        host: impl Into<String>,
+        pid: u32,
+        started_unix_ms: u64,
+        interval_ms: u64,
+    ) -> Self {
+        GatewayPresence {
+            id: id.into(),
+            version: version.into(),
+            host: host.into(),
+            pid,
+            started_unix_ms,
+            at_unix_ms: crate::now_unix_ms(),
+            interval_ms,
+        }
+    }
+
     /// Whether the replica refreshed its record recently enough to count as live at `now`.
     pub fn is_live(&self, now_unix_ms: u64) -> bool {
         now_unix_ms.saturating_sub(self.at_unix_ms) <= self.interval_ms.saturating_mul(3)

@@ -1,1 +1,61 @@
-//! Integration tests of Agent Mesh against real nats-server processes.
+//! Support for the integration tests: a mesh on a real `nats-server` (from `mesh-testkit`) with
+//! gateway replicas as real `mesh-gateway` processes or in-process tasks, raw-NATS agents that
+//! count what they receive, and operator actions (kill, resume) with the same fence protocol as
+//! `mesh-cli`.
+//!
+//! Agents here use plain async-nats on purpose: the mesh promises that any NATS client works.
+//!
+//! # Layout
+//!
+//! - [`gateways`]: start, stop and SIGKILL gateway replicas.
+//! - [`agents`]: inbox servers that record deliveries; senders.
+//! - [`operator`]: kill and resume with fence confirmation; audit reading.
+
+pub mod agents;
+pub mod gateways;
+pub mod operator;
+
+use std::time::Duration;
+
+pub use mesh_testkit::NatsServer;
+
+/// Default deadline of every wait in the tests: generous for a loaded 2-core CI machine.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Connects a fresh client (one per role, as real agents and operators would have).
+pub async fn connect(url: &str) -> async_nats::Client {
+    async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connect(url)
+        .await
+        .expect("connect to test nats-server")
+}
+
+/// Polls `check` until it returns true or `DEADLINE` passes; the failure names `what`.
+/// For conditions that have no event to await (state in another process).
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Logs of the code under test, shown for failing tests (`RUST_LOG` to choose).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}

@@ -1,0 +1,282 @@
+//! The in-memory view of kill flags that every delivery consults, and the accounting that lets a
+//! kill wait for in-flight deliveries.
+//!
+//! A [`Gate`] per agent holds its kill state (fed only by the KV watch) and a count of deliveries
+//! in flight to or from it. A delivery increments the count *before* it reads the state, and a
+//! kill writes the state *before* it reads the count; so once a kill sees the count reach zero,
+//! no delivery that missed the kill can still be running.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use mesh_schemas::AgentId;
+use tokio::sync::{watch, Notify};
+
+/// Whether an agent may act, as this replica knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GateState {
+    /// No key, or a record with state `active`.
+    Active { revision: u64 },
+    /// Killed; `reason` is echoed in every rejection.
+    Killed { revision: u64, reason: String },
+}
+
+impl GateState {
+    pub fn revision(&self) -> u64 {
+        match self {
+            GateState::Active { revision } | GateState::Killed { revision, .. } => *revision,
+        }
+    }
+
+    pub fn is_killed(&self) -> bool {
+        matches!(self, GateState::Killed { .. })
+    }
+}
+
+/// One agent's gate.
+#[derive(Debug)]
+pub struct Gate {
+    state: watch::Sender<GateState>,
+    inflight: AtomicUsize,
+    idle: Notify,
+    /// The highest kill revision for which this replica's recipient worker (if any) has handed
+    /// back its buffered work. Fences wait on it.
+    drained: watch::Sender<u64>,
+    /// Serialises pausing and resuming the agent's consumer, so the last change wins.
+    hold: tokio::sync::Mutex<()>,
+}
+
+impl Gate {
+    fn new() -> Self {
+        Gate {
+            state: watch::channel(GateState::Active { revision: 0 }).0,
+            inflight: AtomicUsize::new(0),
+            idle: Notify::new(),
+            drained: watch::channel(0).0,
+            hold: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> GateState {
+        self.state.borrow().clone()
+    }
+
+    /// Whether the agent is killed right now.
+    pub fn is_killed(&self) -> bool {
+        self.state.borrow().is_killed()
+    }
+
+    /// Follows state changes.
+    pub fn subscribe(&self) -> watch::Receiver<GateState> {
+        self.state.subscribe()
+    }
+
+    /// Sets the state; returns whether it changed.
+    pub fn set(&self, state: GateState) -> bool {
+        self.state.send_if_modified(|s| {
+            if *s == state {
+                false
+            } else {
+                *s = state;
+                true
+            }
+        })
+    }
+
+    /// Counts a delivery in flight; call before reading the state.
+    pub fn enter(&self) {
+        self.inflight.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Ends a delivery started with [`Gate::enter`].
+    pub fn leave(&self) {
+        if self.inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Waits until no delivery to or from this agent is in flight.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.inflight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Held while pausing or resuming the agent's consumer.
+    pub async fn hold_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.hold.lock().await
+    }
+
+    /// Records that buffered inbound work was handed back for `revision`.
+    pub fn mark_drained(&self, revision: u64) {
+        self.drained.send_if_modified(|d| {
+            if *d < revision {
+                *d = revision;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Waits until buffered inbound work was handed back for `revision` or later.
+    pub async fn wait_drained(&self, revision: u64) {
+        let mut rx = self.drained.subscribe();
+        // An error means the gate is gone, and with it any worker that could hold work.
+        let _ = rx.wait_for(|d| *d >= revision).await;
+    }
+}
+
+/// A delivery's hold on the gates of both ends; leaves them on drop.
+pub struct InFlight {
+    from: Arc<Gate>,
+    to: Arc<Gate>,
+}
+
+impl InFlight {
+    /// Enters both gates. Read the states only after this.
+    pub fn enter(from: Arc<Gate>, to: Arc<Gate>) -> Self {
+        from.enter();
+        to.enter();
+        InFlight { from, to }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.from.leave();
+        self.to.leave();
+    }
+}
+
+/// Every agent's gate, plus whether the kill state is known at all.
+#[derive(Debug)]
+pub struct Gates {
+    map: RwLock<HashMap<AgentId, Arc<Gate>>>,
+    /// False until the KV watch has replayed every kill flag, and whenever it is broken:
+    /// then nothing is delivered (fail closed).
+    ready: watch::Sender<bool>,
+}
+
+impl Default for Gates {
+    fn default() -> Self {
+        Gates {
+            map: RwLock::new(HashMap::new()),
+            ready: watch::channel(false).0,
+        }
+    }
+}
+
+impl Gates {
+    /// The gate of `id`, created active on first use.
+    pub fn get(&self, id: &AgentId) -> Arc<Gate> {
+        if let Some(g) = self.map.read().unwrap_or_else(|e| e.into_inner()).get(id) {
+            return g.clone();
+        }
+        self.map
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.clone())
+            .or_insert_with(|| Arc::new(Gate::new()))
+            .clone()
+    }
+
+    /// Agents with a gate, for resetting those a fresh watch did not mention.
+    pub fn known(&self) -> Vec<AgentId> {
+        self.map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Whether the kill state is known.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Marks the kill state known or unknown.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.send_if_modified(|r| {
+            let changed = *r != ready;
+            *r = ready;
+            changed
+        });
+    }
+
+    /// Follows readiness.
+    pub fn ready_rx(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn id(s: &str) -> AgentId {
+        AgentId::new(s).expect("valid id")
+    }
+
+    #[tokio::test]
+    async fn wait_idle_returns_only_after_the_last_delivery_leaves() {
+        let gates = Gates::default();
+        let (a, b) = (gates.get(&id("a")), gates.get(&id("b")));
+        let flight = InFlight::enter(a.clone(), b.clone());
+        let waiter = tokio::spawn({
+            let a = a.clone();
+            async move { a.wait_idle().await }
+        });
+        // The waiter must still be blocked while the delivery is in flight.
+        assert!(tokio::time::timeout(Duration::from_millis(50), async {
+            while !waiter.is_finished() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .is_err());
+        drop(flight);
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("wait_idle returns after leave")
+            .expect("task ok");
+    }
+
+    #[test]
+    fn set_reports_changes_only() {
+        let gate = Gates::default().get(&id("a"));
+        let killed = GateState::Killed {
+            revision: 3,
+            reason: "r".into(),
+        };
+        assert!(gate.set(killed.clone()));
+        assert!(!gate.set(killed));
+        assert!(gate.is_killed());
+        assert!(gate.set(GateState::Active { revision: 4 }));
+        assert!(!gate.is_killed());
+    }
+
+    #[tokio::test]
+    async fn drained_waits_for_the_revision() {
+        let gate = Gates::default().get(&id("a"));
+        gate.mark_drained(5);
+        tokio::time::timeout(Duration::from_millis(100), gate.wait_drained(5))
+            .await
+            .expect("already drained");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), gate.wait_drained(6))
+                .await
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,391 @@
+//! One worker per recipient: pulls the recipient's consumer, keeps one delivery in flight per
+//! sender (so order per sender holds), and hands its buffered work back to JetStream when the
+//! recipient is killed or the gateway stops.
+//!
+//! A worker keeps its pull subscription open while its recipient is killed: the consumer is
+//! paused, so nothing arrives, and whatever was already on its way is handed back in order.
+//! Dropping the subscription instead would strand those messages until their ack wait expired,
+//! and they would then arrive after newer ones.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use mesh_schemas::headers::{intent_id, parse_cost, MESH_COST, NATS_MSG_ID};
+use mesh_schemas::{AgentId, MeshNames, Subjects};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::GatewayConfig;
+use crate::deliver::{deliver, Item, Outcome};
+use crate::gate::{GateState, Gates};
+use crate::reject::{Refusal, Rejector};
+use crate::setup::{self, MeshObjects};
+
+/// What every task of a replica shares.
+pub struct Shared {
+    pub cfg: Arc<GatewayConfig>,
+    pub subjects: Subjects,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub objects: MeshObjects,
+    pub gates: Arc<Gates>,
+    pub rejector: Rejector,
+    pub gateway_id: String,
+    /// Cancelled when the gateway drains.
+    pub cancel: CancellationToken,
+    /// Recipients with a worker in this replica.
+    pub workers: std::sync::Mutex<HashSet<AgentId>>,
+    /// Every worker task, so that a drain can wait for them to hand their work back.
+    pub tracker: tokio_util::task::TaskTracker,
+}
+
+impl Shared {
+    /// Whether this replica runs a worker for `id`.
+    pub fn has_worker(&self, id: &AgentId) -> bool {
+        self.workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
+    }
+}
+
+/// Starts a worker for `to` unless one runs already.
+pub fn spawn(shared: &Arc<Shared>, to: AgentId) {
+    let fresh = shared
+        .workers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(to.clone());
+    if fresh {
+        let task_shared = shared.clone();
+        shared.tracker.spawn(async move {
+            let shared = task_shared;
+            run(shared.clone(), to.clone()).await;
+            shared
+                .workers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&to);
+        });
+    }
+}
+
+/// The worker's life: get the consumer, wait out orphans, then pull until the gateway stops.
+async fn run(shared: Arc<Shared>, to: AgentId) {
+    let gate = shared.gates.get(&to);
+    let consumer = loop {
+        match setup::ensure_inbound_consumer(
+            &shared.objects.intents,
+            &shared.cfg,
+            &to,
+            gate.is_killed(),
+        )
+        .await
+        {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!(%to, error = %e, "cannot get recipient consumer; retrying");
+                if pause(&shared, Duration::from_secs(1)).await {
+                    return;
+                }
+            }
+        }
+    };
+    // Deliveries a stopped replica left unacknowledged come back only after the ack wait; start
+    // after them so that they are not overtaken by newer intents of the same sender.
+    if let Ok(info) = consumer.get_info().await {
+        if info.num_ack_pending > 0 && !info.paused {
+            tracing::info!(%to, unacked = info.num_ack_pending, "waiting for unacknowledged deliveries of another replica to return");
+            if pause(&shared, shared.cfg.ack_wait + Duration::from_secs(1)).await {
+                return;
+            }
+        }
+    }
+    // Do not open a subscription while killed: the consumer may not be paused yet.
+    let mut state = gate.subscribe();
+    loop {
+        let current = state.borrow_and_update().clone();
+        if let GateState::Killed { revision, .. } = current {
+            gate.mark_drained(revision);
+            tokio::select! {
+                _ = state.changed() => continue,
+                _ = shared.cancel.cancelled() => return,
+            }
+        }
+        break;
+    }
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match pull(&shared, &consumer, &to).await {
+            Ended::Cancelled => return,
+            Ended::Stream(why) => {
+                tracing::warn!(%to, why, "recipient subscription ended; reopening");
+                if pause(&shared, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Waits `d`; returns true when the gateway is stopping.
+async fn pause(shared: &Shared, d: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = shared.cancel.cancelled() => true,
+    }
+}
+
+enum Ended {
+    Cancelled,
+    Stream(String),
+}
+
+type Flight = futures::future::BoxFuture<'static, (AgentId, u64, Outcome)>;
+
+/// The buffered work of one recipient in this replica.
+struct Buffer {
+    /// Intents waiting behind the one in flight for the same sender.
+    queues: HashMap<AgentId, VecDeque<Item>>,
+    /// Stream sequences held (queued or in flight), to drop JetStream redeliveries of them.
+    held: HashSet<u64>,
+    flights: FuturesUnordered<Flight>,
+    busy: HashSet<AgentId>,
+    handed_back: Vec<Item>,
+}
+
+impl Buffer {
+    fn len(&self) -> usize {
+        self.held.len()
+    }
+}
+
+async fn pull(shared: &Arc<Shared>, consumer: &PullConsumer, to: &AgentId) -> Ended {
+    let cfg = &shared.cfg;
+    let mut messages = match consumer
+        .stream()
+        .group(MeshNames::PRIORITY_GROUP)
+        .max_messages_per_batch(cfg.max_inflight_per_recipient)
+        .expires(Duration::from_secs(10))
+        .heartbeat(Duration::from_secs(3))
+        .messages()
+        .await
+    {
+        Ok(m) => m,
+        Err(e) => return Ended::Stream(e.to_string()),
+    };
+    let gate = shared.gates.get(to);
+    let mut state = gate.subscribe();
+    let mut buf = Buffer {
+        queues: HashMap::new(),
+        held: HashSet::new(),
+        flights: FuturesUnordered::new(),
+        busy: HashSet::new(),
+        handed_back: Vec::new(),
+    };
+    let mut progress = tokio::time::interval(cfg.ack_wait / 3);
+    progress.tick().await;
+    // `killed`: the gate says so now. `draining`: a kill whose hand-back is not finished; until
+    // it is, nothing new is read, even if the agent was resumed in between, so that order holds.
+    let mut killed = gate.is_killed();
+    let mut draining: Option<u64> = None;
+    loop {
+        let room = buf.len() < cfg.max_inflight_per_recipient && !killed && draining.is_none();
+        let discard = killed && draining.is_none();
+        tokio::select! {
+            biased;
+            _ = shared.cancel.cancelled() => {
+                hand_back(&mut buf).await;
+                return Ended::Cancelled;
+            }
+            changed = state.changed() => {
+                if changed.is_err() {
+                    return Ended::Cancelled;
+                }
+                let now = state.borrow_and_update().clone();
+                killed = now.is_killed();
+                if let GateState::Killed { revision, .. } = now {
+                    draining = Some(revision);
+                }
+            }
+            Some((from, seq, outcome)) = buf.flights.next(), if !buf.flights.is_empty() => {
+                match outcome {
+                    Outcome::Done => {
+                        buf.held.remove(&seq);
+                    }
+                    Outcome::HandBack(item) => buf.handed_back.push(item),
+                }
+                next_for_sender(shared, &mut buf, from, !killed && draining.is_none());
+            }
+            _ = progress.tick() => {
+                for item in buf.queues.values().flatten() {
+                    let _ = item.msg.ack_with(AckKind::Progress).await;
+                }
+            }
+            msg = messages.next(), if room || discard => {
+                let msg = match msg {
+                    None => {
+                        hand_back(&mut buf).await;
+                        return Ended::Stream("subscription closed".into());
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(%to, error = %e, "pull subscription reported an error");
+                        continue;
+                    }
+                    Some(Ok(msg)) => msg,
+                };
+                if discard {
+                    // Arrived while killed, with nothing else held: hand it straight back.
+                    let _ = msg.ack_with(AckKind::Nak(None)).await;
+                    continue;
+                }
+                admit(shared, &mut buf, msg, to).await;
+            }
+        }
+        if let Some(revision) = draining {
+            if buf.flights.is_empty() {
+                let n = hand_back(&mut buf).await;
+                tracing::info!(%to, handed_back = n, revision, "recipient killed; inbound work handed back");
+                gate.mark_drained(revision);
+                draining = None;
+            }
+        }
+    }
+}
+
+/// Checks a fresh message and queues or starts its delivery.
+async fn admit(shared: &Arc<Shared>, buf: &mut Buffer, msg: jetstream::Message, to: &AgentId) {
+    let (seq, delivered) = match msg.info() {
+        Ok(info) => (info.stream_sequence, info.delivered.max(1) as u32),
+        Err(e) => {
+            tracing::warn!(error = %e, "message without JetStream metadata; ignored");
+            return;
+        }
+    };
+    if buf.held.contains(&seq) {
+        // A redelivery of an intent this worker still holds: the held copy will be acked.
+        return;
+    }
+    let item = match check(shared, &msg, seq) {
+        Ok(parsed) => parsed,
+        Err((from, refusal, id)) => {
+            if let Err(e) = shared
+                .rejector
+                .reject(&msg, from.as_ref(), &id, seq, &refusal)
+                .await
+            {
+                tracing::warn!(error = %e, seq, "rejection not recorded; the intent will come back");
+            }
+            return;
+        }
+    };
+    debug_assert_eq!(&item.0, to);
+    let (_, from, action, id) = item;
+    let item = Item {
+        msg,
+        seq,
+        delivered,
+        from: from.clone(),
+        to: to.clone(),
+        action,
+        intent_id: id,
+    };
+    buf.held.insert(seq);
+    if buf.busy.contains(&from) {
+        buf.queues.entry(from).or_default().push_back(item);
+    } else {
+        buf.busy.insert(from);
+        start(shared, buf, item);
+    }
+}
+
+type Checked = (AgentId, AgentId, String, String);
+type Refused = (Option<AgentId>, Refusal, String);
+
+/// Validates subject and headers; what fails is rejected 400.
+fn check(shared: &Shared, msg: &jetstream::Message, seq: u64) -> Result<Checked, Refused> {
+    let msg_id = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(NATS_MSG_ID))
+        .map(|v| v.as_str().to_string());
+    let fallback = format!("{}-{seq}", shared.cfg.names.intents_stream);
+    let id = match intent_id(msg_id.as_deref(), &shared.cfg.names.intents_stream, seq) {
+        Ok(id) => id,
+        Err(e) => return Err((None, Refusal::Invalid(e.to_string()), fallback)),
+    };
+    let parsed = match shared.subjects.parse_intent(msg.subject.as_str()) {
+        Ok(p) => p,
+        Err(e) => return Err((None, Refusal::Invalid(e.to_string()), id)),
+    };
+    if let Some(cost) = msg.headers.as_ref().and_then(|h| h.get(MESH_COST)) {
+        if let Err(e) = parse_cost(cost.as_str()) {
+            return Err((Some(parsed.from), Refusal::Invalid(e.to_string()), id));
+        }
+    }
+    if msg.payload.len() > shared.cfg.max_payload {
+        let why = format!(
+            "payload is {} bytes; the limit is {}",
+            msg.payload.len(),
+            shared.cfg.max_payload
+        );
+        return Err((Some(parsed.from), Refusal::Invalid(why), id));
+    }
+    Ok((parsed.to, parsed.from, parsed.action, id))
+}
+
+fn start(shared: &Arc<Shared>, buf: &mut Buffer, item: Item) {
+    let from_gate = shared.gates.get(&item.from);
+    let to_gate = shared.gates.get(&item.to);
+    let from = item.from.clone();
+    let seq = item.seq;
+    let shared = shared.clone();
+    buf.flights.push(Box::pin(async move {
+        let outcome = deliver(shared, item, from_gate, to_gate).await;
+        (from, seq, outcome)
+    }));
+}
+
+/// After a delivery of `from` ended: start its next intent (unless the recipient is killed or
+/// the gateway stops, when it stays queued for the hand-back), or mark the sender idle.
+fn next_for_sender(shared: &Arc<Shared>, buf: &mut Buffer, from: AgentId, go_on: bool) {
+    let next = if go_on && !shared.cancel.is_cancelled() {
+        buf.queues.get_mut(&from).and_then(VecDeque::pop_front)
+    } else {
+        None
+    };
+    match next {
+        Some(item) => start(shared, buf, item),
+        None => {
+            buf.busy.remove(&from);
+        }
+    }
+    if buf.queues.get(&from).is_some_and(VecDeque::is_empty) {
+        buf.queues.remove(&from);
+    }
+}
+
+/// Waits for deliveries in flight, then NAKs everything held, lowest sequence first, so that
+/// JetStream redelivers it in the original order. Returns how many intents were handed back.
+async fn hand_back(buf: &mut Buffer) -> u64 {
+    while let Some((_, _, outcome)) = buf.flights.next().await {
+        if let Outcome::HandBack(item) = outcome {
+            buf.handed_back.push(item);
+        }
+    }
+    let mut all: Vec<Item> = buf.handed_back.drain(..).collect();
+    for (_, q) in buf.queues.drain() {
+        all.extend(q);
+    }
+    all.sort_by_key(|i| i.seq);
+    for item in &all {
+        let _ = item.msg.ack_with(AckKind::Nak(None)).await;
+    }
+    buf.held.clear();
+    buf.busy.clear();
+    all.len() as u64
+}

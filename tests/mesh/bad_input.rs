@@ -1,0 +1,1 @@
+//! Bad input: bad ids and subjects, malformed headers, oversized payloads, garbage kill records.

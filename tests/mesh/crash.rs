@@ -1,0 +1,1 @@
+//! Crashes: a gateway SIGKILLed mid-stream, a nats-server restarted mid-stream.

@@ -1,0 +1,7 @@
+//! Integration tests of Agent Mesh against real nats-server processes, grouped by topic.
+//! One test binary, so that the server binary and the gateway binary are found once.
+
+mod bad_input;
+mod crash;
+mod delivery;
+mod kill;

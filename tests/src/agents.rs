@@ -1,0 +1,208 @@
+//! Agents for tests, on plain async-nats: inbox servers that record every delivery, and senders.
+
+use std::sync::{Arc, Mutex};
+
+use async_nats::jetstream;
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::watch;
+
+/// One delivery as an agent instance saw it.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub instance: String,
+    pub from: String,
+    pub action: String,
+    pub intent_id: String,
+    pub attempt: u32,
+    pub payload: Bytes,
+}
+
+/// Deliveries recorded by all instances of one agent, with a counter to await.
+#[derive(Clone)]
+pub struct Recorder {
+    log: Arc<Mutex<Vec<Received>>>,
+    count: watch::Sender<usize>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder {
+            log: Arc::new(Mutex::new(Vec::new())),
+            count: watch::channel(0).0,
+        }
+    }
+}
+
+impl Recorder {
+    pub fn all(&self) -> Vec<Received> {
+        self.log.lock().expect("recorder lock").clone()
+    }
+
+    pub fn len(&self) -> usize {
+        *self.count.borrow()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push(&self, r: Received) {
+        self.log.lock().expect("recorder lock").push(r);
+        self.count.send_modify(|c| *c += 1);
+    }
+
+    /// Waits until at least `n` deliveries were recorded.
+    pub async fn wait_for(&self, n: usize) {
+        let mut rx = self.count.subscribe();
+        let res = tokio::time::timeout(crate::DEADLINE, rx.wait_for(|c| *c >= n)).await;
+        assert!(
+            res.is_ok(),
+            "timed out waiting for {n} deliveries; have {}",
+            self.len()
+        );
+    }
+
+    /// Payloads (as strings) from `from`, in delivery order, first delivery of each intent only.
+    pub fn payloads_from(&self, from: &str) -> Vec<String> {
+        let mut seen = std::collections::HashSet::new();
+        self.all()
+            .into_iter()
+            .filter(|r| r.from == from && seen.insert(r.intent_id.clone()))
+            .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
+            .collect()
+    }
+}
+
+/// Serves `agent`'s inbox as instance `instance` (queue group = agent id), recording every
+/// delivery into `rec` and replying (acknowledging) unless `reply` is false. Returns once the
+/// subscription is registered with the server.
+pub async fn serve(
+    client: &async_nats::Client,
+    agent: &str,
+    instance: &str,
+    rec: Recorder,
+    reply: bool,
+) -> tokio::task::JoinHandle<()> {
+    let mut sub = client
+        .queue_subscribe(format!("mesh.agent.{agent}.inbox"), agent.to_string())
+        .await
+        .expect("subscribe inbox");
+    // A round trip proves the server registered the subscription (flush alone does not).
+    let _ = client
+        .request("$JS.API.INFO", Bytes::new())
+        .await
+        .expect("round trip to the server");
+    let client = client.clone();
+    let instance = instance.to_string();
+    tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            let h = msg.headers.clone().unwrap_or_default();
+            let get = |k: &str| h.get(k).map(|v| v.as_str().to_string()).unwrap_or_default();
+            rec.push(Received {
+                instance: instance.clone(),
+                from: get("Mesh-From"),
+                action: get("Mesh-Action"),
+                intent_id: get("Mesh-Intent-Id"),
+                attempt: get("Mesh-Attempt").parse().unwrap_or(0),
+                payload: msg.payload.clone(),
+            });
+            if reply {
+                if let Some(r) = msg.reply {
+                    let _ = client.publish(r, Bytes::new()).await;
+                }
+            }
+        }
+    })
+}
+
+/// Publishes an intent through JetStream and waits for the PubAck.
+pub async fn send(
+    js: &jetstream::Context,
+    from: &str,
+    to: &str,
+    action: &str,
+    payload: impl Into<Bytes>,
+) -> Result<u64, String> {
+    let ack = js
+        .publish(format!("mesh.intent.{from}.{to}.{action}"), payload.into())
+        .await
+        .map_err(|e| e.to_string())?;
+    ack.await.map(|a| a.sequence).map_err(|e| e.to_string())
+}
+
+/// Publishes an intent with headers and waits for the PubAck.
+pub async fn send_with(
+    js: &jetstream::Context,
+    subject: &str,
+    headers: HeaderMap,
+    payload: impl Into<Bytes>,
+) -> Result<u64, String> {
+    let ack = js
+        .publish_with_headers(subject.to_string(), headers, payload.into())
+        .await
+        .map_err(|e| e.to_string())?;
+    ack.await.map(|a| a.sequence).map_err(|e| e.to_string())
+}
+
+/// Collects rejection notices sent to `agent` (headers `Mesh-Status`, `Mesh-Reason`,
+/// `Mesh-Intent-Id`).
+pub async fn rejections(client: &async_nats::Client, agent: &str) -> Rejections {
+    let mut sub = client
+        .subscribe(format!("mesh.agent.{agent}.rejected"))
+        .await
+        .expect("subscribe rejections");
+    let _ = client.request("$JS.API.INFO", Bytes::new()).await;
+    let out = Rejections::default();
+    let sink = out.clone();
+    tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            let h = msg.headers.clone().unwrap_or_default();
+            let get = |k: &str| h.get(k).map(|v| v.as_str().to_string()).unwrap_or_default();
+            sink.push((
+                get("Mesh-Status").parse().unwrap_or(0),
+                get("Mesh-Reason"),
+                get("Mesh-Intent-Id"),
+            ));
+        }
+    });
+    out
+}
+
+/// Rejection notices: (status, reason, intent id).
+#[derive(Clone)]
+pub struct Rejections {
+    log: Arc<Mutex<Vec<(u16, String, String)>>>,
+    count: watch::Sender<usize>,
+}
+
+impl Default for Rejections {
+    fn default() -> Self {
+        Rejections {
+            log: Arc::new(Mutex::new(Vec::new())),
+            count: watch::channel(0).0,
+        }
+    }
+}
+
+impl Rejections {
+    fn push(&self, r: (u16, String, String)) {
+        self.log.lock().expect("lock").push(r);
+        self.count.send_modify(|c| *c += 1);
+    }
+
+    pub fn all(&self) -> Vec<(u16, String, String)> {
+        self.log.lock().expect("lock").clone()
+    }
+
+    pub async fn wait_for(&self, n: usize) {
+        let mut rx = self.count.subscribe();
+        let res = tokio::time::timeout(crate::DEADLINE, rx.wait_for(|c| *c >= n)).await;
+        assert!(
+            res.is_ok(),
+            "timed out waiting for {n} rejection notices; have {}",
+            self.all().len()
+        );
+    }
+}

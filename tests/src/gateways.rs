@@ -1,0 +1,194 @@
+//! Gateway replicas for tests: real `mesh-gateway` processes (for SIGKILL and restart) or
+//! in-process tasks (cheaper, same code path through `mesh_gateway::run`).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use futures::StreamExt;
+use mesh_gateway::GatewayConfig;
+use mesh_schemas::{decode, GatewayPresence};
+
+/// Test settings: short timeouts so that retries and failover happen within a test's time.
+pub fn test_config(url: &str, id: &str) -> GatewayConfig {
+    GatewayConfig {
+        nats_url: url.to_string(),
+        gateway_id: Some(id.to_string()),
+        request_timeout: Duration::from_millis(500),
+        ack_wait: Duration::from_secs(3),
+        pin_timeout: Duration::from_secs(2),
+        max_retry_backoff: Duration::from_millis(200),
+        drain_grace: Duration::from_secs(5),
+        presence_interval: Duration::from_millis(250),
+        ..GatewayConfig::default()
+    }
+}
+
+/// A replica running as a task of the test process.
+pub struct GatewayTask {
+    pub id: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl GatewayTask {
+    /// Starts a replica with [`test_config`] (adjusted by `tweak`).
+    pub async fn start(url: &str, id: &str, tweak: impl FnOnce(&mut GatewayConfig)) -> Self {
+        let mut cfg = test_config(url, id);
+        tweak(&mut cfg);
+        let client = crate::connect(url).await;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            mesh_gateway::run(client, cfg, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("gateway runs");
+        });
+        GatewayTask {
+            id: id.to_string(),
+            stop: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// Drains and stops the replica, waiting until it has.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.expect("gateway task ends cleanly");
+        }
+    }
+}
+
+impl Drop for GatewayTask {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.abort();
+        }
+    }
+}
+
+/// A replica running as a real `mesh-gateway` process.
+pub struct GatewayProcess {
+    pub id: String,
+    child: Child,
+}
+
+impl GatewayProcess {
+    /// Starts `mesh-gateway` against `url` with the test settings, as environment variables.
+    pub fn start(url: &str, id: &str) -> Self {
+        let cfg = test_config(url, id);
+        let ms = |d: Duration| format!("{}ms", d.as_millis());
+        let child = Command::new(gateway_binary())
+            .arg("--nats-url")
+            .arg(url)
+            .arg("--gateway-id")
+            .arg(id)
+            .env("MESH_REQUEST_TIMEOUT", ms(cfg.request_timeout))
+            .env("MESH_ACK_WAIT", ms(cfg.ack_wait))
+            .env("MESH_PIN_TIMEOUT", ms(cfg.pin_timeout))
+            .env("MESH_MAX_RETRY_BACKOFF", ms(cfg.max_retry_backoff))
+            .env("MESH_DRAIN_GRACE", ms(cfg.drain_grace))
+            .env("MESH_PRESENCE_INTERVAL", ms(cfg.presence_interval))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn mesh-gateway");
+        GatewayProcess {
+            id: id.to_string(),
+            child,
+        }
+    }
+
+    /// SIGKILL: a crash, no drain.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the drain to finish; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().expect("wait for mesh-gateway")
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `mesh-gateway` binary of this workspace, built on first use if `cargo test` has not.
+pub fn gateway_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // Test executables live in target/<profile>/deps; binaries one level up.
+        let exe = std::env::current_exe().expect("current exe");
+        let dir = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .expect("target dir")
+            .to_path_buf();
+        let bin = dir.join("mesh-gateway");
+        if !bin.exists() {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "-p", "mesh-gateway", "--bin", "mesh-gateway"])
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "cargo build -p mesh-gateway failed");
+        }
+        assert!(bin.exists(), "mesh-gateway not found at {}", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// Waits until exactly the replicas `ids` are live in `mesh-gateways`.
+pub async fn wait_live(client: &async_nats::Client, ids: &[&str]) {
+    let js = async_nats::jetstream::new(client.clone());
+    crate::eventually(&format!("gateways {ids:?} live"), || {
+        let js = js.clone();
+        async move {
+            let Ok(kv) = js.get_key_value("mesh-gateways").await else {
+                return false;
+            };
+            let live = live_gateways(&kv).await;
+            let mut want: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+            want.sort();
+            live == want
+        }
+    })
+    .await;
+}
+
+/// Ids of live replicas, sorted.
+pub async fn live_gateways(kv: &async_nats::jetstream::kv::Store) -> Vec<String> {
+    let now = mesh_schemas::now_unix_ms();
+    let mut out = Vec::new();
+    let Ok(mut keys) = kv.keys().await else {
+        return out;
+    };
+    while let Some(Ok(key)) = keys.next().await {
+        if let Ok(Some(v)) = kv.get(&key).await {
+            if let Ok(p) = decode::<GatewayPresence>(&v) {
+                if p.is_live(now) {
+                    out.push(p.id);
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}

@@ -1,0 +1,96 @@
+//! Operator actions with the fence protocol `mesh-cli` uses: write the flag, hold the consumer,
+//! wait for every live replica's confirmation. Also reads of the audit trail.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use mesh_gateway::GatewayConfig;
+use mesh_schemas::{decode, encode, AgentId, AuditEvent, FenceAck, KillRecord, KillState};
+
+/// What a fenced kill or resume reported.
+#[derive(Debug)]
+pub struct Fenced {
+    pub revision: u64,
+    pub replicas: usize,
+    pub took: Duration,
+}
+
+/// Kills `agent` and returns once every live replica confirmed.
+pub async fn kill(client: &async_nats::Client, agent: &str, reason: &str) -> Fenced {
+    set(client, agent, KillRecord::killed(reason, "test")).await
+}
+
+/// Resumes `agent` and returns once every live replica confirmed.
+pub async fn resume(client: &async_nats::Client, agent: &str) -> Fenced {
+    set(client, agent, KillRecord::active("fixed", "test")).await
+}
+
+async fn set(client: &async_nats::Client, agent: &str, record: KillRecord) -> Fenced {
+    let id = AgentId::new(agent).expect("valid agent id");
+    let js = jetstream::new(client.clone());
+    let cfg = GatewayConfig::default();
+    let objects = mesh_gateway::setup::ensure(&js, &cfg)
+        .await
+        .expect("mesh objects");
+    let mut acks = client
+        .subscribe(format!("mesh.gw.fenced.{agent}"))
+        .await
+        .expect("subscribe fence acks");
+    let started = Instant::now();
+    let want = record.state;
+    let revision = objects
+        .kill
+        .put(agent, encode(&record).expect("encode").into())
+        .await
+        .expect("put kill flag");
+    mesh_gateway::setup::set_hold(&objects.intents, &cfg, &id, want == KillState::Killed)
+        .await
+        .expect("hold consumer");
+    let live: HashSet<String> = crate::gateways::live_gateways(&objects.gateways)
+        .await
+        .into_iter()
+        .collect();
+    let mut confirmed = HashSet::new();
+    while !live.is_subset(&confirmed) {
+        let msg = tokio::time::timeout(crate::DEADLINE, acks.next())
+            .await
+            .expect("fence acks within the deadline")
+            .expect("fence subscription open");
+        let ack: FenceAck = decode(&msg.payload).expect("fence ack decodes");
+        if ack.revision >= revision && ack.state == want {
+            confirmed.insert(ack.gateway);
+        }
+    }
+    Fenced {
+        revision,
+        replicas: live.len(),
+        took: started.elapsed(),
+    }
+}
+
+/// Every audit event recorded so far, oldest first.
+pub async fn audit_events(client: &async_nats::Client) -> Vec<AuditEvent> {
+    let js = jetstream::new(client.clone());
+    let mut stream = js.get_stream("MESH_AUDIT").await.expect("audit stream");
+    let total = stream.info().await.expect("audit info").state.messages as usize;
+    let mut out = Vec::with_capacity(total);
+    if total == 0 {
+        return out;
+    }
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .expect("audit reader");
+    let mut msgs = consumer.messages().await.expect("audit messages");
+    while out.len() < total {
+        let msg = tokio::time::timeout(crate::DEADLINE, msgs.next())
+            .await
+            .expect("audit events within the deadline")
+            .expect("audit stream open")
+            .expect("audit message");
+        out.push(decode(&msg.payload).expect("audit event decodes"));
+    }
+    out
+}

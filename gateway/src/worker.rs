@@ -158,20 +158,16 @@ struct Buffer {
     handed_back: Vec<Item>,
 }
 
-impl Buffer {
-    fn len(&self) -> usize {
-        self.held.len()
-    }
-}
-
 async fn pull(shared: &Arc<Shared>, consumer: &PullConsumer, to: &AgentId) -> Ended {
     let cfg = &shared.cfg;
+    // Pull often enough that the pin never lapses while this replica is alive.
+    let expires = (cfg.pin_timeout / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
     let mut messages = match consumer
         .stream()
         .group(MeshNames::PRIORITY_GROUP)
         .max_messages_per_batch(cfg.max_inflight_per_recipient)
-        .expires(Duration::from_secs(10))
-        .heartbeat(Duration::from_secs(3))
+        .expires(expires)
+        .heartbeat(expires / 2)
         .messages()
         .await
     {
@@ -189,13 +185,13 @@ async fn pull(shared: &Arc<Shared>, consumer: &PullConsumer, to: &AgentId) -> En
     };
     let mut progress = tokio::time::interval(cfg.ack_wait / 3);
     progress.tick().await;
-    // `killed`: the gate says so now. `draining`: a kill whose hand-back is not finished; until
-    // it is, nothing new is read, even if the agent was resumed in between, so that order holds.
+    // While killed, intents that reach this replica are held here, unacknowledged (JetStream
+    // still owns them) and in order, and delivered first on resume. Handing them back with NAK
+    // instead would let newer intents already on their way overtake them. `draining` is a kill
+    // whose in-flight deliveries have not all finished yet.
     let mut killed = gate.is_killed();
     let mut draining: Option<u64> = None;
     loop {
-        let room = buf.len() < cfg.max_inflight_per_recipient && !killed && draining.is_none();
-        let discard = killed && draining.is_none();
         tokio::select! {
             biased;
             _ = shared.cancel.cancelled() => {
@@ -210,23 +206,29 @@ async fn pull(shared: &Arc<Shared>, consumer: &PullConsumer, to: &AgentId) -> En
                 killed = now.is_killed();
                 if let GateState::Killed { revision, .. } = now {
                     draining = Some(revision);
+                } else if draining.is_none() {
+                    restart_senders(shared, &mut buf);
                 }
             }
             Some((from, seq, outcome)) = buf.flights.next(), if !buf.flights.is_empty() => {
                 match outcome {
                     Outcome::Done => {
                         buf.held.remove(&seq);
+                        next_for_sender(shared, &mut buf, from, !killed && draining.is_none());
                     }
-                    Outcome::HandBack(item) => buf.handed_back.push(item),
+                    Outcome::HandBack(item) => {
+                        // Back to the head of its sender's queue: it is older than the rest.
+                        buf.queues.entry(from.clone()).or_default().push_front(item);
+                        buf.busy.remove(&from);
+                    }
                 }
-                next_for_sender(shared, &mut buf, from, !killed && draining.is_none());
             }
             _ = progress.tick() => {
                 for item in buf.queues.values().flatten() {
                     let _ = item.msg.ack_with(AckKind::Progress).await;
                 }
             }
-            msg = messages.next(), if room || discard => {
+            msg = messages.next() => {
                 let msg = match msg {
                     None => {
                         hand_back(&mut buf).await;
@@ -238,27 +240,45 @@ async fn pull(shared: &Arc<Shared>, consumer: &PullConsumer, to: &AgentId) -> En
                     }
                     Some(Ok(msg)) => msg,
                 };
-                if discard {
-                    // Arrived while killed, with nothing else held: hand it straight back.
-                    let _ = msg.ack_with(AckKind::Nak(None)).await;
-                    continue;
-                }
-                admit(shared, &mut buf, msg, to).await;
+                admit(shared, &mut buf, msg, to, !killed && draining.is_none()).await;
             }
         }
         if let Some(revision) = draining {
             if buf.flights.is_empty() {
-                let n = hand_back(&mut buf).await;
-                tracing::info!(%to, handed_back = n, revision, "recipient killed; inbound work handed back");
+                let held = buf.held.len();
+                tracing::info!(%to, held, revision, "recipient killed; in-flight deliveries finished, inbound work held");
                 gate.mark_drained(revision);
                 draining = None;
+                if !killed {
+                    restart_senders(shared, &mut buf);
+                }
             }
         }
     }
 }
 
+/// After a resume: start the head of every sender's queue.
+fn restart_senders(shared: &Arc<Shared>, buf: &mut Buffer) {
+    let idle: Vec<AgentId> = buf
+        .queues
+        .keys()
+        .filter(|s| !buf.busy.contains(*s))
+        .cloned()
+        .collect();
+    for from in idle {
+        buf.busy.insert(from.clone());
+        next_for_sender(shared, buf, from, true);
+    }
+}
+
 /// Checks a fresh message and queues or starts its delivery.
-async fn admit(shared: &Arc<Shared>, buf: &mut Buffer, msg: jetstream::Message, to: &AgentId) {
+async fn admit(
+    shared: &Arc<Shared>,
+    buf: &mut Buffer,
+    msg: jetstream::Message,
+    to: &AgentId,
+    deliver_now: bool,
+) {
     let (seq, delivered) = match msg.info() {
         Ok(info) => (info.stream_sequence, info.delivered.max(1) as u32),
         Err(e) => {
@@ -295,7 +315,7 @@ async fn admit(shared: &Arc<Shared>, buf: &mut Buffer, msg: jetstream::Message, 
         intent_id: id,
     };
     buf.held.insert(seq);
-    if buf.busy.contains(&from) {
+    if buf.busy.contains(&from) || !deliver_now {
         buf.queues.entry(from).or_default().push_back(item);
     } else {
         buf.busy.insert(from);

@@ -1,2 +1,208 @@
 //! Kill and resume: nothing reaches or leaves a killed agent once `kill` returns; held work
 //! replays in order on resume; outbound rejection is retroactive and recorded.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use mesh_schemas::AuditKind;
+use mesh_tests::agents::{self, Recorder};
+use mesh_tests::gateways::{wait_live, GatewayProcess};
+use mesh_tests::operator;
+use mesh_tests::{connect, eventually, init_tracing, NatsServer};
+
+/// Publishes `from → to` intents numbered from 0 as fast as PubAcks allow until `stop`.
+fn flood(
+    js: async_nats::jetstream::Context,
+    from: &'static str,
+    to: &'static str,
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while !stop.load(Ordering::SeqCst) {
+            let n = sent.load(Ordering::SeqCst);
+            agents::send(&js, from, to, "deploy.service", format!("{n}"))
+                .await
+                .expect("publish intent");
+            sent.fetch_add(1, Ordering::SeqCst);
+        }
+    })
+}
+
+#[tokio::test]
+async fn kill_under_load_stops_four_instances_at_once_and_resume_replays_in_order() {
+    init_tracing();
+    let server = NatsServer::start();
+    let url = server.url();
+    let _g1 = GatewayProcess::start(&url, "gw1");
+    let _g2 = GatewayProcess::start(&url, "gw2");
+    let client = connect(&url).await;
+    wait_live(&client, &["gw1", "gw2"]).await;
+
+    // The deployer runs as four instances; infra receives what the deployer sends.
+    let to_deployer = Recorder::default();
+    let mut instances = Vec::new();
+    for i in 0..4 {
+        let c = connect(&url).await;
+        instances
+            .push(agents::serve(&c, "deployer", &format!("d{i}"), to_deployer.clone(), true).await);
+    }
+    let to_infra = Recorder::default();
+    let _infra = agents::serve(&connect(&url).await, "infra", "i1", to_infra.clone(), true).await;
+    let rejected = agents::rejections(&connect(&url).await, "deployer").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent_in = Arc::new(AtomicUsize::new(0));
+    let sent_out = Arc::new(AtomicUsize::new(0));
+    let js_planner = async_nats::jetstream::new(connect(&url).await);
+    let js_deployer = async_nats::jetstream::new(connect(&url).await);
+    let planner = flood(
+        js_planner,
+        "planner",
+        "deployer",
+        stop.clone(),
+        sent_in.clone(),
+    );
+    let rogue = flood(
+        js_deployer,
+        "deployer",
+        "infra",
+        stop.clone(),
+        sent_out.clone(),
+    );
+
+    to_deployer.wait_for(100).await;
+    to_infra.wait_for(100).await;
+    let fenced = operator::kill(&client, "deployer", "deployed 47 of 3").await;
+    assert_eq!(fenced.replicas, 2, "both replicas confirmed");
+    let delivered_in_at_kill = to_deployer.len();
+    let delivered_out_at_kill = to_infra.len();
+
+    // Keep both floods going after the kill, then stop them.
+    let target_in = sent_in.load(Ordering::SeqCst) + 300;
+    let target_out = sent_out.load(Ordering::SeqCst) + 300;
+    eventually("300 more intents each way after the kill", || {
+        let (a, b) = (sent_in.clone(), sent_out.clone());
+        async move { a.load(Ordering::SeqCst) >= target_in && b.load(Ordering::SeqCst) >= target_out }
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    planner.await.expect("planner");
+    rogue.await.expect("rogue");
+    let total_in = sent_in.load(Ordering::SeqCst);
+    let total_out = sent_out.load(Ordering::SeqCst);
+
+    // Every outbound intent ends delivered (before the kill) or rejected: wait for that.
+    let rejected_out = total_out - delivered_out_at_kill;
+    rejected.wait_for(rejected_out).await;
+    assert_eq!(
+        to_infra.len(),
+        delivered_out_at_kill,
+        "nothing left the killed agent"
+    );
+    assert!(rejected
+        .all()
+        .iter()
+        .all(|(status, reason, _)| *status == 403 && reason.contains("deployed 47 of 3")));
+
+    // Inbound: held durable in JetStream, none delivered.
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js.get_stream("MESH_INTENTS").await.expect("stream");
+    let info = stream.consumer_info("in_deployer").await.expect("consumer");
+    assert!(
+        info.paused,
+        "the hold lives in NATS: the consumer is paused"
+    );
+    assert_eq!(
+        to_deployer.len(),
+        delivered_in_at_kill,
+        "nothing reached the killed agent"
+    );
+    let held = info.num_pending + info.num_ack_pending as u64;
+    assert_eq!(held as usize, total_in - delivered_in_at_kill);
+
+    // Resume: everything held arrives, in order, none missing.
+    operator::resume(&client, "deployer").await;
+    to_deployer.wait_for(total_in).await;
+    to_deployer.assert_in_order("planner", total_in);
+    let per_instance: std::collections::HashSet<String> =
+        to_deployer.all().into_iter().map(|r| r.instance).collect();
+    assert!(
+        per_instance.len() > 1,
+        "instances share the work: {per_instance:?}"
+    );
+
+    // The audit trail has every rejection.
+    let events = operator::audit_events(&client).await;
+    let rejects = events
+        .iter()
+        .filter(|e| e.kind == AuditKind::Reject && e.agent == "deployer")
+        .count();
+    assert_eq!(rejects, rejected_out);
+}
+
+#[tokio::test]
+async fn outbound_rejection_is_retroactive_with_notice_and_record() {
+    init_tracing();
+    let server = NatsServer::start();
+    let url = server.url();
+    let _g1 = GatewayProcess::start(&url, "gw1");
+    let client = connect(&url).await;
+    wait_live(&client, &["gw1"]).await;
+    let js = async_nats::jetstream::new(client.clone());
+    let rejected = agents::rejections(&connect(&url).await, "rogue").await;
+
+    // Nobody serves `target` yet, so the rogue's intents wait as pending work.
+    for i in 0..25 {
+        agents::send(&js, "rogue", "target", "delete.db", format!("{i}"))
+            .await
+            .expect("publish");
+    }
+    let stream = js.get_stream("MESH_INTENTS").await.expect("stream");
+    eventually("the gateway holds the rogue's intents", || {
+        let stream = stream.clone();
+        async move {
+            stream
+                .consumer_info("in_target")
+                .await
+                .is_ok_and(|i| i.num_ack_pending > 0)
+        }
+    })
+    .await;
+    operator::kill(&client, "rogue", "runaway deletes").await;
+
+    // Now the target comes online: it must get none of them.
+    let rec = Recorder::default();
+    let _t = agents::serve(&connect(&url).await, "target", "t1", rec.clone(), true).await;
+    rejected.wait_for(25).await;
+    let notices = rejected.all();
+    assert_eq!(notices.len(), 25);
+    assert!(notices
+        .iter()
+        .all(|(s, r, id)| *s == 403 && r.contains("runaway deletes") && !id.is_empty()));
+    // The target is served and the consumer is empty: the rejected intents are finished.
+    eventually("the target consumer is drained", || {
+        let stream = stream.clone();
+        async move {
+            stream
+                .consumer_info("in_target")
+                .await
+                .is_ok_and(|i| i.num_pending == 0 && i.num_ack_pending == 0)
+        }
+    })
+    .await;
+    assert!(
+        rec.is_empty(),
+        "a killed sender's pending intents were delivered: {:?}",
+        rec.all()
+    );
+    let events = operator::audit_events(&client).await;
+    let records: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == AuditKind::Reject)
+        .collect();
+    assert_eq!(records.len(), 25);
+    assert!(records
+        .iter()
+        .all(|e| e.agent == "rogue" && e.status == Some(403)));
+}

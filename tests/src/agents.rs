@@ -64,6 +64,48 @@ impl Recorder {
         );
     }
 
+    /// Asserts that `from`'s intents arrived exactly as `0..n`, in order; on failure shows
+    /// where the order broke instead of two long lists.
+    pub fn assert_in_order(&self, from: &str, n: usize) {
+        let got = self.payloads_from(from);
+        let first_bad = got
+            .iter()
+            .enumerate()
+            .find(|(i, p)| **p != i.to_string())
+            .map(|(i, _)| i);
+        if let Some(i) = first_bad {
+            let all = self.all();
+            let around: Vec<String> = all
+                .iter()
+                .filter(|r| r.from == from)
+                .skip(i.saturating_sub(3))
+                .take(8)
+                .map(|r| {
+                    format!(
+                        "{}@{}#{}",
+                        String::from_utf8_lossy(&r.payload),
+                        r.instance,
+                        r.attempt
+                    )
+                })
+                .collect();
+            let missing = i.to_string();
+            let late: Vec<String> = all
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.from == from && r.payload == missing.as_bytes())
+                .map(|(pos, r)| format!("at {pos}: {}@{}#{}", missing, r.instance, r.attempt))
+                .collect();
+            panic!("order from {from} broke at position {i}: {around:?} (payload@instance#attempt); {missing} arrived {late:?}");
+        }
+        assert_eq!(
+            got.len(),
+            n,
+            "intents from {from}: got {}, want {n}",
+            got.len()
+        );
+    }
+
     /// Payloads (as strings) from `from`, in delivery order, first delivery of each intent only.
     pub fn payloads_from(&self, from: &str) -> Vec<String> {
         let mut seen = std::collections::HashSet::new();

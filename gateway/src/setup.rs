@@ -130,7 +130,8 @@ pub async fn ensure(
             bucket: names.gateways_bucket.clone(),
             description: "Agent Mesh gateway replicas (presence)".to_string(),
             history: 1,
-            storage: stream::StorageType::Memory,
+            // File, not memory: a memory bucket vanishes when nats-server restarts.
+            storage: stream::StorageType::File,
             num_replicas: cfg.replicas,
             max_age: Duration::from_secs(60),
             ..Default::default()

@@ -64,6 +64,24 @@ impl Recorder {
         );
     }
 
+    /// Waits until `n` distinct intents from `from` were recorded (redeliveries not counted).
+    pub async fn wait_unique(&self, from: &str, n: usize) {
+        let mut rx = self.count.subscribe();
+        let res = tokio::time::timeout(crate::DEADLINE, async {
+            while self.payloads_from(from).len() < n {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(
+            res.is_ok(),
+            "timed out waiting for {n} distinct intents from {from}; have {}",
+            self.payloads_from(from).len()
+        );
+    }
+
     /// Asserts that `from`'s intents arrived exactly as `0..n`, in order; on failure shows
     /// where the order broke instead of two long lists.
     pub fn assert_in_order(&self, from: &str, n: usize) {

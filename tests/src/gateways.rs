@@ -142,13 +142,13 @@ pub fn gateway_binary() -> PathBuf {
             .expect("target dir")
             .to_path_buf();
         let bin = dir.join("mesh-gateway");
-        if !bin.exists() {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "-p", "mesh-gateway", "--bin", "mesh-gateway"])
-                .status()
-                .expect("run cargo build");
-            assert!(status.success(), "cargo build -p mesh-gateway failed");
-        }
+        // Build (a no-op when fresh): `cargo test -p mesh-tests` alone does not rebuild other
+        // packages' binaries, and a stale gateway would test old code.
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "mesh-gateway", "--bin", "mesh-gateway"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build -p mesh-gateway failed");
         assert!(bin.exists(), "mesh-gateway not found at {}", bin.display());
         bin
     })

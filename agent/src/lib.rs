@@ -1,1 +1,115 @@
-//! Client library for Rust agents on Agent Mesh: send intents, serve an inbox, dedupe redeliveries.
+//! Client library for Rust agents on Agent Mesh: send intents, serve an inbox, dedupe
+//! redeliveries, and hear about rejections and kills.
+//!
+//! An agent never talks to another agent directly. It publishes intents into JetStream
+//! (`<prefix>.intent.<me>.<to>.<action>`); the gateway decides whether and when each one is
+//! delivered, and delivers it as a request on `<prefix>.agent.<to>.inbox`. Replying to that
+//! request acknowledges the delivery; no reply means the gateway delivers it again, so delivery
+//! is at-least-once and [`Inbox`] drops the repeats it can recognise by `Mesh-Intent-Id`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use mesh_agent::Agent;
+//! use mesh_schemas::AgentId;
+//!
+//! let client = async_nats::connect("nats://127.0.0.1:4222").await?;
+//! let me = Agent::new(client, AgentId::new("deployer")?);
+//! let receipt = me.send(&AgentId::new("billing")?, "invoice.create", "order 7").await?;
+//! println!("sent {} (stream seq {})", receipt.intent_id, receipt.stream_seq);
+//!
+//! let mut inbox = me.serve().await?;
+//! while let Some(delivery) = inbox.next().await {
+//!     println!("{} asks for {}", delivery.from, delivery.action);
+//!     delivery.ack().await?;
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Layout
+//!
+//! - `lib.rs`: [`Agent`], the handle: a NATS client, the agent's id and the mesh's names.
+//! - `send.rs`: [`Agent::send`] and [`Agent::send_with`]: a JetStream publish with an intent id,
+//!   awaited until JetStream has stored it; [`SendReceipt`], [`SendOptions`], [`SendError`].
+//! - `inbox.rs`: [`Agent::serve`]: the queue subscription on the inbox; [`Inbox`] yields
+//!   [`Delivery`] values that are acknowledged with [`Delivery::ack`].
+//! - `dedupe.rs`: the bounded memory of recently acknowledged and in-progress intent ids.
+//! - `notices.rs`: [`Agent::rejections`] and [`Agent::control`]: streams of [`Rejection`] and
+//!   [`ControlNotice`] for the agent.
+//! - `roundtrip.rs`: makes sure the server has registered a new subscription before the
+//!   subscribing call returns.
+
+#![forbid(unsafe_code)]
+
+mod dedupe;
+mod inbox;
+mod notices;
+mod roundtrip;
+mod send;
+
+pub use inbox::{AckError, Delivery, Inbox, ServeError, ServeOptions, DEFAULT_DEDUPE_CAPACITY};
+pub use mesh_schemas::{AgentId, ControlNotice, KillState, MeshNames};
+pub use notices::{ControlNotices, NoticeError, Rejection, Rejections};
+pub use send::{validate_action, InvalidAction, SendError, SendOptions, SendReceipt};
+
+use mesh_schemas::{SubjectError, Subjects};
+
+/// One agent on the mesh: its NATS connection, its id and the mesh's names.
+///
+/// Cheap to clone: clones share the connection.
+#[derive(Clone, Debug)]
+pub struct Agent {
+    /// The connection every operation uses; requests, replies and subscriptions share it.
+    client: async_nats::Client,
+    /// JetStream on the same connection, for publishing intents with an acknowledgement.
+    js: async_nats::jetstream::Context,
+    /// Who this agent is: the sender of its intents and the owner of its inbox.
+    id: AgentId,
+    /// The mesh's names; kept so that callers can read back what the agent was built with.
+    names: MeshNames,
+    /// The subject builder for `names.prefix`, validated once.
+    subjects: Subjects,
+}
+
+impl Agent {
+    /// An agent with the contract's default names (prefix `mesh`).
+    pub fn new(client: async_nats::Client, id: AgentId) -> Self {
+        let js = async_nats::jetstream::new(client.clone());
+        Agent {
+            client,
+            js,
+            id,
+            names: MeshNames::default(),
+            subjects: Subjects::default(),
+        }
+    }
+
+    /// The same agent on a mesh with other names (e.g. another subject prefix).
+    ///
+    /// Fails when `names.prefix` is not a valid subject prefix.
+    pub fn with_names(mut self, names: MeshNames) -> Result<Self, SubjectError> {
+        self.subjects = names.subjects()?;
+        self.names = names;
+        Ok(self)
+    }
+
+    /// This agent's id.
+    pub fn id(&self) -> &AgentId {
+        &self.id
+    }
+
+    /// The mesh's names this agent uses.
+    pub fn names(&self) -> &MeshNames {
+        &self.names
+    }
+
+    /// The subject builder for this agent's mesh.
+    pub fn subjects(&self) -> &Subjects {
+        &self.subjects
+    }
+
+    /// The underlying NATS client.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+}

@@ -182,7 +182,15 @@ impl GatewayConfig {
 }
 
 /// `MESH_*` variables that belong to mesh-cli, not to the gateway.
-const CLI_ONLY_ENV: &[&str] = &["MESH_CONFIG", "MESH_JSON", "MESH_LOG"];
+/// Also the test harness's and mesh-cli's own variables.
+const CLI_ONLY_ENV: &[&str] = &[
+    "MESH_CONFIG",
+    "MESH_JSON",
+    "MESH_LOG",
+    "MESH_NATS_SERVER",
+    "MESH_NATS_VERSION",
+    "MESH_FENCE_TIMEOUT",
+];
 
 /// The machine's host name, for replica ids and presence records.
 pub fn hostname() -> String {

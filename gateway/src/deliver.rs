@@ -34,7 +34,7 @@ pub enum Outcome {
     /// Acknowledged by the agent, or rejected with a record: the intent is finished.
     Done,
     /// The recipient was killed, or the gateway is stopping: hand the intent back (NAK).
-    HandBack(Item),
+    HandBack(Box<Item>),
 }
 
 /// Delivers `item`, retrying until it is done or must be handed back.
@@ -48,7 +48,7 @@ pub async fn deliver(shared: Arc<Shared>, item: Item, from: Arc<Gate>, to: Arc<G
     let mut to_rx = to.subscribe();
     loop {
         if shared.cancel.is_cancelled() {
-            return Outcome::HandBack(item);
+            return Outcome::HandBack(Box::new(item));
         }
         // Fail closed: without a known kill state nothing is delivered.
         if !*ready.borrow_and_update() {
@@ -61,7 +61,7 @@ pub async fn deliver(shared: Arc<Shared>, item: Item, from: Arc<Gate>, to: Arc<G
         }
         let flight = InFlight::enter(from.clone(), to.clone());
         if to.is_killed() {
-            return Outcome::HandBack(item);
+            return Outcome::HandBack(Box::new(item));
         }
         if let GateState::Killed { reason, .. } = from.state() {
             drop(flight);

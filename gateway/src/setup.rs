@@ -30,7 +30,7 @@ pub struct MeshObjects {
 /// A NATS object could not be created or has an incompatible configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("could not create or read stream {name}: {source}")]
+    #[error("could not create or read stream {name}")]
     Stream {
         name: String,
         source: Box<dyn std::error::Error + Send + Sync>,
@@ -45,12 +45,12 @@ pub enum SetupError {
         found: String,
         expected: String,
     },
-    #[error("could not create or read KV bucket {name}: {source}")]
+    #[error("could not create or read KV bucket {name}")]
     Bucket {
         name: String,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("could not create or update consumer {name}: {source}")]
+    #[error("could not create or update consumer {name}")]
     Consumer {
         name: String,
         source: Box<dyn std::error::Error + Send + Sync>,

@@ -218,7 +218,7 @@ async fn pull(shared: &Arc<Shared>, consumer: &PullConsumer, to: &AgentId) -> En
                     }
                     Outcome::HandBack(item) => {
                         // Back to the head of its sender's queue: it is older than the rest.
-                        buf.queues.entry(from.clone()).or_default().push_front(item);
+                        buf.queues.entry(from.clone()).or_default().push_front(*item);
                         buf.busy.remove(&from);
                     }
                 }
@@ -394,7 +394,7 @@ fn next_for_sender(shared: &Arc<Shared>, buf: &mut Buffer, from: AgentId, go_on:
 async fn hand_back(buf: &mut Buffer) -> u64 {
     while let Some((_, _, outcome)) = buf.flights.next().await {
         if let Outcome::HandBack(item) = outcome {
-            buf.handed_back.push(item);
+            buf.handed_back.push(*item);
         }
     }
     let mut all: Vec<Item> = buf.handed_back.drain(..).collect();

@@ -1,0 +1,280 @@
+//! mesh-agent against a real nats-server, with the gateway played by the test: the test creates
+//! the intents stream itself and sends deliveries and notices by hand.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures::StreamExt;
+use mesh_agent::{Agent, AgentId, SendError, SendOptions};
+use mesh_schemas::headers::{
+    MESH_ACTION, MESH_ATTEMPT, MESH_COST, MESH_FROM, MESH_INTENT_ID, MESH_REASON, MESH_STATUS,
+    NATS_MSG_ID,
+};
+use mesh_schemas::{ControlNotice, KillRecord, KillState, MeshNames, RejectionNotice};
+use mesh_testkit::NatsServer;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn id(s: &str) -> AgentId {
+    AgentId::new(s).expect("valid id")
+}
+
+async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(WAIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+fn delivery_headers(intent: &str, from: &str, attempt: u32) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(MESH_INTENT_ID, intent);
+    h.insert(MESH_FROM, from);
+    h.insert(MESH_ACTION, "deploy.service");
+    h.insert(MESH_ATTEMPT, attempt.to_string().as_str());
+    h
+}
+
+#[tokio::test]
+async fn send_stores_the_intent_with_its_id_and_cost() {
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    let mut intents = js
+        .create_stream(stream::Config {
+            name: "MESH_INTENTS".into(),
+            subjects: vec!["mesh.intent.*.*.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+
+    let alice = Agent::new(client.clone(), id("alice"));
+    let receipt = alice
+        .send_with(
+            &id("bob"),
+            "deploy.service",
+            "v1",
+            SendOptions::default().msg_id("intent-1").cost_usd(0.25),
+        )
+        .await
+        .expect("send");
+    assert_eq!(receipt.intent_id, "intent-1");
+    assert_eq!(receipt.stream_seq, 1);
+    assert!(!receipt.duplicate);
+
+    let stored = intents.get_raw_message(1).await.expect("stored");
+    assert_eq!(
+        stored.subject.as_str(),
+        "mesh.intent.alice.bob.deploy.service"
+    );
+    assert_eq!(
+        stored.headers.get(NATS_MSG_ID).map(|v| v.as_str()),
+        Some("intent-1")
+    );
+    assert_eq!(
+        stored.headers.get(MESH_COST).map(|v| v.as_str()),
+        Some("0.25")
+    );
+    assert_eq!(&stored.payload[..], b"v1");
+
+    // A resend with the same id is deduplicated by JetStream.
+    let again = alice
+        .send_with(
+            &id("bob"),
+            "deploy.service",
+            "v1",
+            SendOptions::default().msg_id("intent-1"),
+        )
+        .await
+        .expect("resend");
+    assert!(again.duplicate);
+    assert_eq!(again.stream_seq, 1);
+
+    // A fresh id every time otherwise.
+    let a = alice.send(&id("bob"), "x", "").await.expect("send");
+    let b = alice.send(&id("bob"), "x", "").await.expect("send");
+    assert_ne!(a.intent_id, b.intent_id);
+    assert_eq!(intents.info().await.expect("info").state.messages, 3);
+
+    // Refused before anything is sent.
+    assert!(matches!(
+        alice.send(&id("bob"), "deploy.*", "").await,
+        Err(SendError::InvalidAction(_))
+    ));
+    assert!(matches!(
+        alice
+            .send_with(&id("bob"), "x", "", SendOptions::default().cost_usd(-1.0))
+            .await,
+        Err(SendError::InvalidCost(_))
+    ));
+
+    // Under a prefix no stream captures, the error says so.
+    let names = MeshNames {
+        prefix: "other".into(),
+        ..MeshNames::default()
+    };
+    let other = Agent::new(client, id("alice"))
+        .with_names(names)
+        .expect("valid prefix");
+    assert!(matches!(
+        other.send(&id("bob"), "x", "").await,
+        Err(SendError::NoStream { .. })
+    ));
+}
+
+#[tokio::test]
+async fn inbox_is_registered_on_return_dedupes_and_ignores_strangers() {
+    let server = NatsServer::start();
+    let agent_conn = async_nats::connect(server.url()).await.expect("connect");
+    let gateway = async_nats::connect(server.url()).await.expect("connect");
+    let bob = Agent::new(agent_conn, id("bob"));
+    let mut inbox = bob.serve().await.expect("serve");
+
+    // Right after serve returns, a request from another connection finds the subscriber.
+    let first = {
+        let gateway = gateway.clone();
+        tokio::spawn(async move {
+            gateway
+                .request_with_headers(
+                    "mesh.agent.bob.inbox",
+                    delivery_headers("i-1", "alice", 1),
+                    "payload-1".into(),
+                )
+                .await
+        })
+    };
+    let d = within("first delivery", inbox.next())
+        .await
+        .expect("delivery");
+    assert_eq!(d.intent_id, "i-1");
+    assert_eq!(d.from.as_str(), "alice");
+    assert_eq!(d.action, "deploy.service");
+    assert_eq!(d.attempt, 1);
+    assert_eq!(&d.payload[..], b"payload-1");
+    d.ack_with("done").await.expect("ack");
+    let reply = within("the ack", first)
+        .await
+        .expect("task")
+        .expect("ack reply");
+    assert_eq!(&reply.payload[..], b"done");
+
+    // While the inbox is polled, a redelivery of the acked intent is acknowledged by the inbox
+    // itself and not yielded, and a message without the gateway's headers gets no answer and is
+    // not yielded either.
+    let reack = {
+        let gateway = gateway.clone();
+        tokio::spawn(async move {
+            gateway
+                .request_with_headers(
+                    "mesh.agent.bob.inbox",
+                    delivery_headers("i-1", "alice", 2),
+                    "payload-1".into(),
+                )
+                .await
+        })
+    };
+    let stranger = {
+        let gateway = gateway.clone();
+        tokio::spawn(async move {
+            gateway
+                .send_request(
+                    "mesh.agent.bob.inbox",
+                    async_nats::Request::new()
+                        .payload("hi".into())
+                        .timeout(Some(Duration::from_millis(500))),
+                )
+                .await
+        })
+    };
+    let nothing = tokio::time::timeout(Duration::from_secs(1), inbox.next()).await;
+    assert!(nothing.is_err(), "nothing may be yielded: {nothing:?}");
+    let reply = within("the re-ack", reack)
+        .await
+        .expect("task")
+        .expect("re-acked");
+    assert!(reply.payload.is_empty());
+    let stranger = within("the stranger", stranger).await.expect("task");
+    assert!(stranger.is_err(), "a stranger's message must not be acked");
+
+    // A delivery dropped without an ack is yielded again when the gateway redelivers it, and
+    // a copy that arrives while the first is still being handled is skipped.
+    let deliver = |intent: &'static str, attempt: u32| {
+        let gateway = gateway.clone();
+        async move {
+            gateway
+                .publish_with_reply_and_headers(
+                    "mesh.agent.bob.inbox",
+                    "gateway.reply",
+                    delivery_headers(intent, "alice", attempt),
+                    Bytes::new(),
+                )
+                .await
+                .expect("publish");
+            gateway.flush().await.expect("flush");
+        }
+    };
+    deliver("i-2", 1).await;
+    let held = within("i-2", inbox.next()).await.expect("delivery");
+    assert_eq!((held.intent_id.as_str(), held.attempt), ("i-2", 1));
+    deliver("i-2", 2).await; // still in progress: skipped
+    deliver("i-3", 1).await;
+    let next = within("i-3", inbox.next()).await.expect("delivery");
+    assert_eq!(next.intent_id, "i-3");
+    drop(held);
+    deliver("i-2", 3).await;
+    let again = within("i-2 again", inbox.next()).await.expect("delivery");
+    assert_eq!((again.intent_id.as_str(), again.attempt), ("i-2", 3));
+    assert!(again.is_redelivery());
+}
+
+#[tokio::test]
+async fn rejections_and_control_notices_reach_the_agent() {
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let gateway = async_nats::connect(server.url()).await.expect("connect");
+    let alice = Agent::new(client, id("alice"));
+    let mut rejections = alice.rejections().await.expect("rejections");
+    let mut control = alice.control().await.expect("control");
+
+    let mut h = HeaderMap::new();
+    h.insert(MESH_STATUS, "403");
+    h.insert(MESH_REASON, "alice is killed: deployed 47 of 3");
+    h.insert(MESH_INTENT_ID, "i-7");
+    let body = RejectionNotice::new(
+        "i-7",
+        "mesh.intent.alice.bob.deploy",
+        403,
+        "alice is killed: deployed 47 of 3",
+    );
+    gateway
+        .publish_with_headers(
+            "mesh.agent.alice.rejected",
+            h,
+            mesh_schemas::encode(&body).expect("encode").into(),
+        )
+        .await
+        .expect("publish");
+    let notice = ControlNotice::new(id("alice"), &KillRecord::killed("deployed 47 of 3", "ops"));
+    gateway
+        .publish(
+            "mesh.agent.alice.control",
+            mesh_schemas::encode(&notice).expect("encode").into(),
+        )
+        .await
+        .expect("publish");
+    gateway.flush().await.expect("flush");
+
+    let r = within("a rejection", rejections.next())
+        .await
+        .expect("rejection");
+    assert_eq!(r.status, 403);
+    assert_eq!(r.intent_id, "i-7");
+    assert_eq!(r.subject, "mesh.intent.alice.bob.deploy");
+    let c = within("a control notice", control.next())
+        .await
+        .expect("notice");
+    assert_eq!(c.state, KillState::Killed);
+    assert_eq!(c.reason, "deployed 47 of 3");
+}

@@ -1,0 +1,232 @@
+//! `mesh-cli status`: every known agent (a kill-flag key or an inbound consumer `in_<id>`) with
+//! its state, the intents waiting for it and how many of its intents were rejected; then the
+//! gateway replicas. Reads only; creates nothing.
+
+use std::collections::BTreeMap;
+
+use futures::TryStreamExt;
+use mesh_schemas::{AgentId, KillRecord, KillState};
+use serde::Serialize;
+
+use crate::error::CliError;
+use crate::fence;
+use crate::mesh::Mesh;
+use crate::output;
+use crate::Ctx;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {}
+
+/// One agent's line.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AgentStatus {
+    pub agent: String,
+    /// `active`, `killed`, or `unreadable` (a kill record that cannot be decoded: gateways treat
+    /// the agent as killed).
+    pub state: String,
+    /// The reason of the last kill or resume.
+    pub reason: String,
+    /// Who wrote the flag.
+    pub by: String,
+    /// When the flag was written.
+    pub since_unix_ms: Option<u64>,
+    /// Whether the inbound consumer is paused (the kill hold); `None` without a consumer.
+    pub held: Option<bool>,
+    /// Intents waiting for the agent (pending plus unacknowledged); `None` without a consumer.
+    pub pending: Option<u64>,
+    /// Rejections of the agent's intents in the audit trail.
+    pub rejected: u64,
+}
+
+/// One gateway replica's line.
+#[derive(Clone, Debug, Serialize)]
+pub struct GatewayStatus {
+    pub id: String,
+    pub host: String,
+    pub version: String,
+    pub pid: u32,
+    pub started_unix_ms: u64,
+    /// Its last presence refresh.
+    pub at_unix_ms: u64,
+    pub live: bool,
+}
+
+/// The whole report.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    pub agents: Vec<AgentStatus>,
+    pub gateways: Vec<GatewayStatus>,
+}
+
+pub async fn run(_args: Args, ctx: &mut Ctx) -> Result<(), CliError> {
+    let mesh = Mesh::open(ctx.cfg.clone()).await?;
+    let status = read(&mesh).await?;
+    if ctx.out.is_json() {
+        ctx.out.json(&status)?;
+        return Ok(());
+    }
+    let now = mesh_schemas::now_unix_ms();
+    if status.agents.is_empty() {
+        ctx.out.line("no agents yet")?;
+    } else {
+        let rows: Vec<Vec<String>> = status.agents.iter().map(|a| agent_row(a, now)).collect();
+        ctx.out.table(
+            &[
+                "AGENT", "STATE", "PENDING", "HELD", "REJECTED", "SINCE", "REASON",
+            ],
+            &rows,
+        )?;
+    }
+    ctx.out.line("")?;
+    if status.gateways.is_empty() {
+        ctx.out.line("no gateway replicas")?;
+    } else {
+        let rows: Vec<Vec<String>> = status
+            .gateways
+            .iter()
+            .map(|g| {
+                vec![
+                    g.id.clone(),
+                    g.host.clone(),
+                    g.version.clone(),
+                    g.pid.to_string(),
+                    output::age(now, g.at_unix_ms),
+                    if g.live { "live" } else { "dead" }.to_string(),
+                ]
+            })
+            .collect();
+        ctx.out.table(
+            &["GATEWAY", "HOST", "VERSION", "PID", "SEEN", "STATE"],
+            &rows,
+        )?;
+    }
+    Ok(())
+}
+
+fn agent_row(a: &AgentStatus, now: u64) -> Vec<String> {
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".to_string());
+    vec![
+        a.agent.clone(),
+        a.state.clone(),
+        opt(a.pending.map(|p| p.to_string())),
+        opt(a.held.map(|h| if h { "yes" } else { "no" }.to_string())),
+        a.rejected.to_string(),
+        opt(a
+            .since_unix_ms
+            .map(|t| format!("{} ago", output::age(now, t)))),
+        a.reason.clone(),
+    ]
+}
+
+/// Reads the report from the kill bucket, the inbound consumers, the audit stream's subject
+/// counts and the gateways bucket. Objects that do not exist yet contribute nothing.
+pub async fn read(mesh: &Mesh) -> Result<Status, CliError> {
+    let names = &mesh.cfg.names;
+    let mut agents: BTreeMap<String, AgentStatus> = BTreeMap::new();
+
+    if let Some(kill) = mesh.bucket(&names.kill_bucket).await? {
+        let what = || format!("could not read KV bucket {}", names.kill_bucket);
+        let keys: Vec<String> = kill
+            .keys()
+            .await
+            .map_err(|e| CliError::nats(what(), e))?
+            .try_collect()
+            .await
+            .map_err(|e| CliError::nats(what(), e))?;
+        for key in keys {
+            let Some(value) = kill
+                .get(&key)
+                .await
+                .map_err(|e| CliError::nats(what(), e))?
+            else {
+                continue;
+            };
+            let a = slot(&mut agents, &key);
+            match mesh_schemas::decode::<KillRecord>(&value) {
+                Ok(rec) => {
+                    a.state = match rec.state {
+                        KillState::Killed => "killed",
+                        _ => "active",
+                    }
+                    .to_string();
+                    a.reason = rec.reason;
+                    a.by = rec.by;
+                    a.since_unix_ms = Some(rec.at_unix_ms);
+                }
+                Err(e) => {
+                    a.state = "unreadable".to_string();
+                    a.reason = format!("kill record cannot be decoded: {e}");
+                }
+            }
+        }
+    }
+
+    if let Some(intents) = mesh.stream(&names.intents_stream).await? {
+        let what = || format!("could not list the consumers of {}", names.intents_stream);
+        let infos: Vec<_> = intents
+            .consumers()
+            .try_collect()
+            .await
+            .map_err(|e| CliError::nats(what(), e))?;
+        for info in infos {
+            let Some(id) = info.name.strip_prefix("in_") else {
+                continue;
+            };
+            if AgentId::new(id).is_err() {
+                continue;
+            }
+            let a = slot(&mut agents, id);
+            a.pending = Some(info.num_pending + info.num_ack_pending as u64);
+            a.held = Some(info.paused);
+        }
+    }
+
+    if let Some(audit) = mesh.stream(&names.audit_stream).await? {
+        let what = || format!("could not count rejections in {}", names.audit_stream);
+        let filter = mesh.subjects.audit("reject", "*");
+        let counts: Vec<(String, usize)> = audit
+            .info_with_subjects(&filter)
+            .await
+            .map_err(|e| CliError::nats(what(), e))?
+            .try_collect()
+            .await
+            .map_err(|e| CliError::nats(what(), e))?;
+        for (subject, count) in counts {
+            let Some(id) = subject.rsplit('.').next() else {
+                continue;
+            };
+            let a = slot(&mut agents, id);
+            a.rejected = count as u64;
+        }
+    }
+
+    let mut gateways = Vec::new();
+    if let Some(store) = mesh.bucket(&names.gateways_bucket).await? {
+        let now = mesh_schemas::now_unix_ms();
+        for p in fence::presences(&store).await? {
+            gateways.push(GatewayStatus {
+                live: p.is_live(now),
+                id: p.id,
+                host: p.host,
+                version: p.version,
+                pid: p.pid,
+                started_unix_ms: p.started_unix_ms,
+                at_unix_ms: p.at_unix_ms,
+            });
+        }
+    }
+
+    Ok(Status {
+        agents: agents.into_values().collect(),
+        gateways,
+    })
+}
+
+/// The line of agent `id`, created as `active` on first sight.
+fn slot<'a>(agents: &'a mut BTreeMap<String, AgentStatus>, id: &str) -> &'a mut AgentStatus {
+    agents.entry(id.to_string()).or_insert_with(|| AgentStatus {
+        agent: id.to_string(),
+        state: "active".to_string(),
+        ..AgentStatus::default()
+    })
+}

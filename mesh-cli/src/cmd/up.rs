@@ -1,0 +1,276 @@
+//! `mesh-cli up`: a local mesh for trying things out. Starts nats-server with JetStream on a
+//! free port with its own store dir, and one mesh-gateway (found next to mesh-cli) pointed at
+//! it; prints the URL and the subjects to use; runs until Ctrl-C, then stops the gateway (it
+//! drains) and the server, and deletes the store dir unless `--dir` was given.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::process::Command;
+use tokio::time::Instant;
+
+use crate::config::{CliConfig, NON_CONFIG_ENV};
+use crate::error::CliError;
+use crate::local::{self, LocalError, Proc};
+use crate::output;
+use crate::Ctx;
+
+/// How long the gateway gets to announce itself before `up` goes on without waiting.
+const GATEWAY_READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the gateway gets to drain on Ctrl-C (its own grace is 10 s by default).
+const GATEWAY_STOP_GRACE: Duration = Duration::from_secs(15);
+/// How long nats-server gets to shut down.
+const NATS_STOP_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Client port for nats-server; a free one when absent.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Keep the store and logs in this directory (created if needed) instead of a temporary one
+    /// that is deleted on exit.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Start only nats-server (run gateways yourself).
+    #[arg(long)]
+    pub no_gateway: bool,
+}
+
+/// What `up --json` prints once everything runs.
+#[derive(Debug, Serialize)]
+pub struct Running {
+    pub nats_url: String,
+    pub dir: PathBuf,
+    pub nats_pid: Option<u32>,
+    pub gateway_pid: Option<u32>,
+    pub logs: Vec<PathBuf>,
+    pub subjects: Subjects,
+    pub kill: String,
+}
+
+/// The subjects an agent uses, with placeholders.
+#[derive(Debug, Serialize)]
+pub struct Subjects {
+    pub send: String,
+    pub inbox: String,
+    pub inbox_queue_group: String,
+    pub rejected: String,
+    pub control: String,
+    pub heartbeat: String,
+}
+
+impl Subjects {
+    fn new(prefix: &str) -> Self {
+        Subjects {
+            send: format!("{prefix}.intent.<from>.<to>.<action>"),
+            inbox: format!("{prefix}.agent.<id>.inbox"),
+            inbox_queue_group: "<id>".to_string(),
+            rejected: format!("{prefix}.agent.<id>.rejected"),
+            control: format!("{prefix}.agent.<id>.control"),
+            heartbeat: format!("{prefix}.hb.<id>"),
+        }
+    }
+}
+
+pub async fn run(args: Args, ctx: &mut Ctx) -> Result<(), CliError> {
+    let nats_bin = local::find_nats_server(&ctx.env, &local::search_roots())?;
+    let gateway_bin = if args.no_gateway {
+        None
+    } else {
+        Some(local::find_gateway()?)
+    };
+    let (dir, _temp) = match &args.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|source| LocalError::Io {
+                what: format!("create {}", dir.display()),
+                source,
+            })?;
+            (dir.clone(), None)
+        }
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("mesh-up-")
+                .tempdir()
+                .map_err(|source| LocalError::Io {
+                    what: "create a temporary directory".to_string(),
+                    source,
+                })?;
+            (temp.path().to_path_buf(), Some(temp))
+        }
+    };
+
+    let (mut nats, url) = local::start_nats(&nats_bin, &dir, args.port).await?;
+    let mut gateway = match &gateway_bin {
+        Some(bin) => {
+            let mut proc = start_gateway(bin, &url, &ctx.cfg, &dir)?;
+            wait_for_gateway(&mut proc, &url, &ctx.cfg).await?;
+            Some(proc)
+        }
+        None => None,
+    };
+
+    let running = Running {
+        nats_url: url.clone(),
+        dir: dir.clone(),
+        nats_pid: nats.pid(),
+        gateway_pid: gateway.as_ref().and_then(Proc::pid),
+        logs: std::iter::once(nats.log.clone())
+            .chain(gateway.as_ref().map(|g| g.log.clone()))
+            .collect(),
+        subjects: Subjects::new(&ctx.cfg.names.prefix),
+        kill: format!("mesh-cli --nats-url {url} kill <id> --reason \"...\""),
+    };
+    if ctx.out.is_json() {
+        ctx.out.json(&running)?;
+    } else {
+        print_running(ctx, &running)?;
+    }
+
+    let mut shutdown = ctx.take_shutdown();
+    let result = tokio::select! {
+        _ = &mut shutdown => Ok(()),
+        status = nats.wait() => Err(exited(&nats, status)),
+        status = wait_opt(&mut gateway) => match &gateway {
+            Some(g) => Err(exited(g, status)),
+            None => Ok(()),
+        },
+    };
+    output::note("stopping ...");
+    if let Some(g) = gateway {
+        g.stop(GATEWAY_STOP_GRACE).await;
+    }
+    nats.stop(NATS_STOP_GRACE).await;
+    output::note("stopped");
+    result
+}
+
+fn exited(proc: &Proc, status: std::io::Result<std::process::ExitStatus>) -> CliError {
+    match status {
+        Ok(status) => proc.exited_error(status).into(),
+        Err(source) => LocalError::Io {
+            what: format!("wait for {}", proc.name),
+            source,
+        }
+        .into(),
+    }
+}
+
+/// Waits for the gateway's exit, or forever without a gateway.
+async fn wait_opt(proc: &mut Option<Proc>) -> std::io::Result<std::process::ExitStatus> {
+    match proc {
+        Some(p) => p.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Starts mesh-gateway against `url` with the configured names, logging to
+/// `<dir>/mesh-gateway.log`. Variables meant for mesh-cli are not passed on.
+fn start_gateway(
+    bin: &std::path::Path,
+    url: &str,
+    cfg: &CliConfig,
+    dir: &std::path::Path,
+) -> Result<Proc, LocalError> {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--nats-url").arg(url);
+    for var in NON_CONFIG_ENV
+        .iter()
+        .chain(&["MESH_FENCE_TIMEOUT", "MESH_NATS_CREDS"])
+    {
+        cmd.env_remove(var);
+    }
+    let n = &cfg.names;
+    cmd.env("MESH_REPLICAS", "1")
+        .env("MESH_NAMES__PREFIX", &n.prefix)
+        .env("MESH_NAMES__INTENTS_STREAM", &n.intents_stream)
+        .env("MESH_NAMES__AUDIT_STREAM", &n.audit_stream)
+        .env("MESH_NAMES__KILL_BUCKET", &n.kill_bucket)
+        .env("MESH_NAMES__POLICY_BUCKET", &n.policy_bucket)
+        .env("MESH_NAMES__HEALTH_BUCKET", &n.health_bucket)
+        .env("MESH_NAMES__GATEWAYS_BUCKET", &n.gateways_bucket);
+    Proc::spawn("mesh-gateway", cmd, dir.join("mesh-gateway.log"))
+}
+
+/// Waits until the gateway has a live presence record. A gateway that runs but has not
+/// announced itself in time gets a warning, not an error.
+async fn wait_for_gateway(proc: &mut Proc, url: &str, cfg: &CliConfig) -> Result<(), CliError> {
+    let cfg = CliConfig {
+        nats_url: url.to_string(),
+        nats_creds: None,
+        ..cfg.clone()
+    };
+    let mesh = crate::mesh::Mesh::open(cfg).await?;
+    let deadline = Instant::now() + GATEWAY_READY_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Some(status) = proc.exited() {
+            return Err(proc.exited_error(status).into());
+        }
+        if let Some(store) = mesh.bucket(&mesh.cfg.names.gateways_bucket).await? {
+            if !crate::fence::live_replicas(&store).await?.is_empty() {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    output::note(&format!(
+        "warning: mesh-gateway runs but has not announced itself within {}s; see {}",
+        GATEWAY_READY_TIMEOUT.as_secs(),
+        proc.log.display()
+    ));
+    Ok(())
+}
+
+fn print_running(ctx: &mut Ctx, r: &Running) -> Result<(), CliError> {
+    let out = &mut ctx.out;
+    out.line("Agent Mesh is up.")?;
+    out.line(&format!(
+        "  NATS      {}  (JetStream, data in {})",
+        r.nats_url,
+        r.dir.display()
+    ))?;
+    match r.gateway_pid {
+        Some(pid) => out.line(&format!("  gateway   mesh-gateway, pid {pid}"))?,
+        None => out.line("  gateway   none (--no-gateway): start your own")?,
+    }
+    let logs: Vec<String> = r.logs.iter().map(|l| l.display().to_string()).collect();
+    out.line(&format!("  logs      {}", logs.join(", ")))?;
+    out.line("")?;
+    let s = &r.subjects;
+    out.table(
+        &["", "SUBJECT", "HOW"],
+        &[
+            vec![
+                "send".into(),
+                s.send.clone(),
+                "JetStream publish; Nats-Msg-Id = intent id, Mesh-Cost = USD".into(),
+            ],
+            vec![
+                "inbox".into(),
+                s.inbox.clone(),
+                "subscribe with queue group <id>; reply to acknowledge".into(),
+            ],
+            vec![
+                "rejected".into(),
+                s.rejected.clone(),
+                "rejection notices for the sender".into(),
+            ],
+            vec![
+                "control".into(),
+                s.control.clone(),
+                "kill and resume notices".into(),
+            ],
+            vec![
+                "heartbeat".into(),
+                s.heartbeat.clone(),
+                "publish every few seconds".into(),
+            ],
+        ],
+    )?;
+    out.line("")?;
+    out.line(&format!("  kill      {}", r.kill))?;
+    out.line(&format!("  env       export MESH_NATS_URL={}", r.nats_url))?;
+    out.line("")?;
+    out.line("Ctrl-C stops the gateway and the server.")?;
+    Ok(())
+}

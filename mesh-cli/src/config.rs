@@ -1,0 +1,304 @@
+//! mesh-cli configuration: compiled-in defaults, then a TOML file (`--config FILE` or
+//! `MESH_CONFIG`), then `MESH_*` environment variables, then flags. Parsed raw with unknown
+//! fields refused, then validated, so that a typo is an error naming the field.
+//!
+//! The variable names are the gateway's (`MESH_NATS_URL`, `MESH_NAMES__PREFIX`, ...), so one
+//! environment can configure both. Variables that only the gateway reads (`MESH_ACK_WAIT`, ...)
+//! and those that are not configuration (`MESH_CONFIG`, `MESH_JSON`, `MESH_LOG`,
+//! `MESH_NATS_SERVER`, `MESH_NATS_VERSION`) are left out here; any other unknown `MESH_*`
+//! variable is refused.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use mesh_gateway::GatewayConfig;
+use mesh_schemas::{MeshNames, Subjects};
+use serde::{Deserialize, Serialize};
+
+/// The commented default configuration, compiled in.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../default-config.toml");
+
+/// `MESH_*` variables that are not configuration fields of mesh-cli or of the gateway.
+pub const NON_CONFIG_ENV: &[&str] = &[
+    "MESH_CONFIG",
+    "MESH_JSON",
+    "MESH_LOG",
+    "MESH_NATS_SERVER",
+    "MESH_NATS_VERSION",
+];
+
+/// Top-level fields of [`CliConfig`], lower case as in `MESH_<FIELD>`.
+const CLI_FIELDS: &[&str] = &[
+    "nats_url",
+    "nats_creds",
+    "names",
+    "replicas",
+    "fence_timeout",
+];
+
+/// What mesh-cli needs to reach and name the mesh.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CliConfig {
+    /// NATS server URL(s), comma separated.
+    pub nats_url: String,
+    /// Optional NATS credentials file.
+    pub nats_creds: Option<String>,
+    /// Stream, bucket and subject names; must match the gateways'.
+    pub names: MeshNames,
+    /// Replicas of the streams and buckets mesh-cli creates when it runs before any gateway;
+    /// must match the gateways' so that a cluster does not end up with single-replica streams.
+    pub replicas: usize,
+    /// How long kill and resume wait for every live gateway replica to confirm.
+    #[serde(with = "humantime_serde")]
+    pub fence_timeout: Duration,
+}
+
+impl Default for CliConfig {
+    fn default() -> Self {
+        CliConfig {
+            nats_url: "nats://127.0.0.1:4222".to_string(),
+            nats_creds: None,
+            names: MeshNames::default(),
+            replicas: 1,
+            fence_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Values given as flags: the last layer.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Overrides {
+    pub nats_url: Option<String>,
+    pub nats_creds: Option<String>,
+    pub fence_timeout: Option<Duration>,
+}
+
+/// A configuration that could not be loaded or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("could not read the configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration: `{field}` {problem}")]
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
+}
+
+impl CliConfig {
+    /// Loads defaults, then `file` if given, then the `MESH_*` entries of `env` (the environment
+    /// is passed in so that tests never touch the process's), then `flags`; then validates.
+    pub fn load(
+        file: Option<&Path>,
+        env: &HashMap<String, String>,
+        flags: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_CONFIG_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(file) = file {
+            builder = builder.add_source(config::File::from(file).required(true));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("MESH")
+                .prefix_separator("_")
+                .separator("__")
+                .source(Some(config_env(env))),
+        );
+        let mut cfg: CliConfig = builder.build()?.try_deserialize()?;
+        if let Some(url) = &flags.nats_url {
+            cfg.nats_url = url.clone();
+        }
+        if let Some(creds) = &flags.nats_creds {
+            cfg.nats_creds = Some(creds.clone());
+        }
+        if let Some(timeout) = flags.fence_timeout {
+            cfg.fence_timeout = timeout;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot: the prefix, ranges, emptiness.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, problem: &str| ConfigError::Invalid {
+            field,
+            problem: problem.to_string(),
+        };
+        Subjects::new(self.names.prefix.clone())
+            .map_err(|e| invalid("names.prefix", &e.to_string()))?;
+        if self.nats_url.trim().is_empty() {
+            return Err(invalid("nats_url", "is empty"));
+        }
+        if !matches!(self.replicas, 1..=5) {
+            return Err(invalid("replicas", "must be 1 to 5 (3 for a cluster)"));
+        }
+        if self.fence_timeout.is_zero() {
+            return Err(invalid("fence_timeout", "must be longer than zero"));
+        }
+        Ok(())
+    }
+
+    /// The subject builder for the configured prefix (validated by [`CliConfig::load`]).
+    pub fn subjects(&self) -> Subjects {
+        self.names.subjects().unwrap_or_default()
+    }
+
+    /// The gateway configuration the shared setup code needs: these names, URL and replicas,
+    /// the gateway's defaults for the rest (consumer settings of `in_<id>` when mesh-cli
+    /// creates one before any gateway has).
+    pub fn gateway_config(&self) -> GatewayConfig {
+        GatewayConfig {
+            nats_url: self.nats_url.clone(),
+            nats_creds: self.nats_creds.clone(),
+            names: self.names.clone(),
+            replicas: self.replicas,
+            ..GatewayConfig::default()
+        }
+    }
+}
+
+/// The `MESH_*` entries of `env` that are mesh-cli configuration, or unknown to both mesh-cli
+/// and the gateway (those are refused by the parser, naming the field).
+fn config_env(env: &HashMap<String, String>) -> HashMap<String, String> {
+    let gateway_fields = gateway_fields();
+    env.iter()
+        .filter(|(k, _)| {
+            let Some(rest) = k.strip_prefix("MESH_") else {
+                return false;
+            };
+            if NON_CONFIG_ENV.contains(&k.as_str()) {
+                return false;
+            }
+            let top = rest.split("__").next().unwrap_or(rest).to_ascii_lowercase();
+            CLI_FIELDS.contains(&top.as_str()) || !gateway_fields.contains(&top)
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The gateway's top-level configuration fields, read from its own type so the list cannot
+/// drift.
+fn gateway_fields() -> Vec<String> {
+    match serde_json::to_value(GatewayConfig::default()) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_the_compiled_in_file() {
+        let cfg = CliConfig::load(None, &HashMap::new(), &Overrides::default()).expect("loads");
+        assert_eq!(cfg, CliConfig::default());
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("cli.toml");
+        std::fs::write(
+            &file,
+            "nats_url = \"nats://file:4222\"\nfence_timeout = \"7s\"\n[names]\nprefix = \"f\"\n",
+        )
+        .expect("write");
+        let e = env(&[
+            ("MESH_NATS_URL", "nats://env:4222"),
+            ("MESH_NAMES__PREFIX", "team"),
+            ("HOME", "/root"),
+        ]);
+        let cfg = CliConfig::load(Some(&file), &e, &Overrides::default()).expect("loads");
+        assert_eq!(cfg.nats_url, "nats://env:4222");
+        assert_eq!(cfg.names.prefix, "team");
+        assert_eq!(cfg.fence_timeout, Duration::from_secs(7));
+        let flags = Overrides {
+            nats_url: Some("nats://flag:4222".into()),
+            fence_timeout: Some(Duration::from_millis(250)),
+            ..Overrides::default()
+        };
+        let cfg = CliConfig::load(Some(&file), &e, &flags).expect("loads");
+        assert_eq!(cfg.nats_url, "nats://flag:4222");
+        assert_eq!(cfg.fence_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn gateway_only_and_non_config_variables_are_ignored() {
+        let e = env(&[
+            ("MESH_ACK_WAIT", "40s"),
+            ("MESH_REQUEST_TIMEOUT", "2s"),
+            ("MESH_CONFIG", "/nowhere.toml"),
+            ("MESH_NATS_SERVER", "/bin/nats-server"),
+        ]);
+        let cfg = CliConfig::load(None, &e, &Overrides::default()).expect("loads");
+        assert_eq!(cfg, CliConfig::default());
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_name_the_field() {
+        let err = CliConfig::load(
+            None,
+            &env(&[("MESH_NATS_URLL", "x")]),
+            &Overrides::default(),
+        )
+        .expect_err("typo refused");
+        assert!(matches!(err, ConfigError::Load(_)));
+        assert!(err.to_string().contains("nats_urll"), "{err}");
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("cli.toml");
+        std::fs::write(&file, "fence_timout = \"1s\"\n").expect("write");
+        let err = CliConfig::load(Some(&file), &HashMap::new(), &Overrides::default())
+            .expect_err("typo refused");
+        assert!(err.to_string().contains("fence_timout"), "{err}");
+
+        let err = CliConfig::load(
+            None,
+            &env(&[("MESH_NAMES__PREFIX", "a.*")]),
+            &Overrides::default(),
+        )
+        .expect_err("wildcard refused");
+        assert!(matches!(
+            err,
+            ConfigError::Invalid {
+                field: "names.prefix",
+                ..
+            }
+        ));
+        let flags = Overrides {
+            fence_timeout: Some(Duration::ZERO),
+            ..Overrides::default()
+        };
+        let err = CliConfig::load(None, &HashMap::new(), &flags).expect_err("zero refused");
+        assert!(matches!(
+            err,
+            ConfigError::Invalid {
+                field: "fence_timeout",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn gateway_config_carries_names_and_replicas() {
+        let cfg = CliConfig {
+            replicas: 3,
+            ..CliConfig::default()
+        };
+        let gw = cfg.gateway_config();
+        assert_eq!(gw.replicas, 3);
+        assert_eq!(gw.names, cfg.names);
+    }
+}

@@ -1,0 +1,249 @@
+//! The kill switch itself, shared by `kill` and `resume`: write the flag, set the hold, fence
+//! every live gateway replica, tell the agent, record it in the audit trail.
+//!
+//! The order matters. The fence subscription exists before the flag is written, so that no
+//! confirmation can be missed (the server handles one connection's protocol in order, so the
+//! `SUB` is registered before the KV put that follows it). The hold (the recipient's consumer
+//! paused) is written by mesh-cli as well as by every gateway, so it is in force in NATS even
+//! with no gateway running.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use mesh_gateway::setup;
+use mesh_schemas::headers::NATS_MSG_ID;
+use mesh_schemas::{AgentId, AuditEvent, AuditKind, ControlNotice, KillRecord, KillState};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::error::CliError;
+use crate::fence::{self, Fence};
+use crate::mesh::Mesh;
+
+/// What to write.
+#[derive(Clone, Debug)]
+pub struct Switch {
+    pub agent: AgentId,
+    /// `Killed` for kill, `Active` for resume.
+    pub state: KillState,
+    pub reason: String,
+    /// Who: `user@host` unless given.
+    pub by: String,
+    /// How long to wait for the replicas' confirmations.
+    pub timeout: Duration,
+}
+
+/// What happened.
+#[derive(Clone, Debug, Serialize)]
+pub struct Outcome {
+    pub agent: AgentId,
+    pub state: KillState,
+    pub reason: String,
+    pub by: String,
+    /// The kill-flag revision written.
+    pub revision: u64,
+    /// Whether every live replica confirmed.
+    pub confirmed: bool,
+    /// The replicas and the time the fence took.
+    pub replicas: Fence,
+    /// Inbound intents waiting for the agent (pending plus unacknowledged), when readable.
+    pub pending: Option<u64>,
+}
+
+impl Switch {
+    /// Runs the flow; the caller turns an incomplete fence into exit code 3.
+    pub async fn apply(&self, mesh: &Mesh) -> Result<Outcome, CliError> {
+        let killed = self.state == KillState::Killed;
+        let objects = mesh.ensure().await?;
+        let fenced_subject = mesh.subjects.fenced(&self.agent);
+        let mut acks = mesh
+            .client
+            .subscribe(fenced_subject.clone())
+            .await
+            .map_err(|e| CliError::nats(format!("could not subscribe to {fenced_subject}"), e))?;
+
+        let record = if killed {
+            KillRecord::killed(&self.reason, &self.by)
+        } else {
+            KillRecord::active(&self.reason, &self.by)
+        };
+        let bytes = mesh_schemas::encode(&record)
+            .map_err(|e| CliError::nats("could not encode the kill record", e))?;
+        let started = Instant::now();
+        let revision = objects
+            .kill
+            .put(self.agent.as_str(), bytes.into())
+            .await
+            .map_err(|e| {
+                CliError::nats(
+                    format!(
+                        "could not write {}[{}]",
+                        mesh.cfg.names.kill_bucket, self.agent
+                    ),
+                    e,
+                )
+            })?;
+        setup::set_hold(
+            &objects.intents,
+            &mesh.cfg.gateway_config(),
+            &self.agent,
+            killed,
+        )
+        .await?;
+
+        let live = fence::live_replicas(&objects.gateways).await?;
+        let fence = fence::wait(
+            &mut acks,
+            &self.agent,
+            revision,
+            live,
+            started,
+            started + self.timeout,
+        )
+        .await;
+        if let Err(e) = acks.unsubscribe().await {
+            tracing::debug!(error = %e, "could not unsubscribe from fence acks");
+        }
+
+        self.notify(mesh, &record).await;
+        let pending = pending(mesh, &objects.intents, &self.agent).await;
+        self.audit(mesh, revision, &fence, pending).await?;
+
+        Ok(Outcome {
+            agent: self.agent.clone(),
+            state: self.state,
+            reason: self.reason.clone(),
+            by: self.by.clone(),
+            revision,
+            confirmed: fence.complete(),
+            replicas: fence,
+            pending,
+        })
+    }
+
+    /// The notice for a cooperative agent; best effort (enforcement never depends on it).
+    async fn notify(&self, mesh: &Mesh, record: &KillRecord) {
+        let notice = ControlNotice::new(self.agent.clone(), record);
+        let subject = mesh.subjects.control(&self.agent);
+        let sent = match mesh_schemas::encode(&notice) {
+            Ok(bytes) => mesh
+                .client
+                .publish(subject.clone(), bytes.into())
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = sent {
+            tracing::warn!(subject = %subject, error = %e, "could not send the control notice");
+        }
+    }
+
+    /// Records the change in the audit trail, deduplicated per flag revision.
+    async fn audit(
+        &self,
+        mesh: &Mesh,
+        revision: u64,
+        fence: &Fence,
+        pending: Option<u64>,
+    ) -> Result<(), CliError> {
+        let kind = if self.state == KillState::Killed {
+            AuditKind::Kill
+        } else {
+            AuditKind::Resume
+        };
+        let mut event = AuditEvent::new(kind, self.agent.as_str(), &self.by, &self.reason);
+        event.pending = pending;
+        event.replicas = Some(u32::try_from(fence.confirmed.len()).unwrap_or(u32::MAX));
+        event.fence_ms = Some(fence::ms(fence.elapsed));
+        let bytes = mesh_schemas::encode(&event)
+            .map_err(|e| CliError::nats("could not encode the audit event", e))?;
+        let mut headers = HeaderMap::new();
+        let msg_id = format!("{}-{}-{revision}", kind.as_str(), self.agent);
+        headers.insert(NATS_MSG_ID, msg_id.as_str());
+        let subject = mesh.subjects.audit(kind.as_str(), self.agent.as_str());
+        let what = || {
+            format!(
+                "could not record the {} in the audit trail ({subject})",
+                kind.as_str()
+            )
+        };
+        mesh.js
+            .publish_with_headers(subject.clone(), headers, bytes.into())
+            .await
+            .map_err(|e| CliError::nats(what(), e))?
+            .await
+            .map_err(|e| CliError::nats(what(), e))?;
+        Ok(())
+    }
+}
+
+impl Outcome {
+    /// One sentence for people, e.g. "killed deployer: 2/2 replicas confirmed in 3.1 ms; 12
+    /// inbound intents held".
+    pub fn summary(&self) -> String {
+        let killed = self.state == KillState::Killed;
+        let verb = if killed { "killed" } else { "resumed" };
+        let f = &self.replicas;
+        let replicas = if f.live.is_empty() && killed {
+            "0 gateway replicas live; the flag and the hold are in NATS and every replica \
+             enforces them when it starts"
+                .to_string()
+        } else if f.live.is_empty() {
+            "0 gateway replicas live; the flag is cleared and the hold released in NATS, and \
+             every replica delivers when it starts"
+                .to_string()
+        } else if f.complete() {
+            format!(
+                "{}/{} replicas confirmed in {} ms",
+                f.live.len(),
+                f.live.len(),
+                fence::ms(f.elapsed)
+            )
+        } else {
+            format!(
+                "{}/{} replicas confirmed (not confirmed: {}); the flag{} in NATS",
+                f.live.len() - f.missing.len(),
+                f.live.len(),
+                f.missing.join(", "),
+                if killed {
+                    " and the hold are"
+                } else {
+                    " is cleared"
+                }
+            )
+        };
+        let pending = match (self.pending, killed) {
+            (None, _) => "pending intents unknown".to_string(),
+            (Some(n), true) => format!("{n} inbound {} held", plural(n, "intent")),
+            (Some(0), false) => "no intents were waiting".to_string(),
+            (Some(n), false) => {
+                format!("{n} waiting {} now delivered in order", plural(n, "intent"))
+            }
+        };
+        format!("{verb} {}: {replicas}; {pending}", self.agent)
+    }
+}
+
+fn plural(n: u64, word: &str) -> String {
+    if n == 1 {
+        word.to_string()
+    } else {
+        format!("{word}s")
+    }
+}
+
+/// Intents waiting for `agent`: not yet delivered plus delivered and not yet acknowledged.
+pub async fn pending(
+    mesh: &Mesh,
+    intents: &async_nats::jetstream::stream::Stream,
+    agent: &AgentId,
+) -> Option<u64> {
+    let name = mesh.cfg.names.inbound_consumer(agent);
+    match intents.consumer_info(&name).await {
+        Ok(info) => Some(info.num_pending + info.num_ack_pending as u64),
+        Err(e) => {
+            tracing::warn!(consumer = %name, error = %e, "could not read the pending count");
+            None
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Bad usage, bad configuration and unreachable servers: no server needed.
+
+use crate::{assert_exit, mesh_cli, stderr};
+
+#[tokio::test]
+async fn a_bad_agent_id_is_a_usage_error_naming_the_id_and_the_alphabet() {
+    let o = mesh_cli(&["kill", "a.b", "--reason", "x"], &[]).await;
+    assert_exit(&o, 2);
+    let err = stderr(&o);
+    assert!(err.contains("a.b"), "{err}");
+    assert!(err.contains("A-Z a-z 0-9 _ -"), "{err}");
+}
+
+#[tokio::test]
+async fn kill_without_a_reason_is_a_usage_error() {
+    let o = mesh_cli(&["kill", "deployer"], &[]).await;
+    assert_exit(&o, 2);
+    assert!(stderr(&o).contains("--reason"), "{}", stderr(&o));
+}
+
+#[tokio::test]
+async fn an_unknown_command_is_a_usage_error() {
+    let o = mesh_cli(&["explode"], &[]).await;
+    assert_exit(&o, 2);
+    assert!(stderr(&o).contains("explode"), "{}", stderr(&o));
+}
+
+#[tokio::test]
+async fn an_unknown_configuration_variable_is_a_usage_error_naming_it() {
+    let o = mesh_cli(&["status"], &[("MESH_NATS_URLL", "nats://x:1")]).await;
+    assert_exit(&o, 2);
+    assert!(stderr(&o).contains("nats_urll"), "{}", stderr(&o));
+}
+
+#[tokio::test]
+async fn an_unreachable_server_fails_with_a_message_naming_the_url() {
+    let o = mesh_cli(
+        &[
+            "kill",
+            "deployer",
+            "--reason",
+            "x",
+            "--nats-url",
+            "nats://127.0.0.1:1",
+        ],
+        &[],
+    )
+    .await;
+    assert_exit(&o, 1);
+    let err = stderr(&o);
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains("nats://127.0.0.1:1"), "{err}");
+    assert!(err.contains("--nats-url"), "says what to do: {err}");
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "printed once: {err}"
+    );
+    // The same URL from the environment.
+    let o = mesh_cli(&["status"], &[("MESH_NATS_URL", "nats://127.0.0.1:1")]).await;
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("nats://127.0.0.1:1"), "{}", stderr(&o));
+}
+
+#[tokio::test]
+async fn demo_is_not_written_yet() {
+    let o = mesh_cli(&["demo"], &[]).await;
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("not yet implemented"), "{}", stderr(&o));
+}
+
+#[tokio::test]
+async fn up_says_how_to_get_a_nats_server() {
+    let o = mesh_cli(&["up"], &[("MESH_NATS_SERVER", "/no/such/nats-server")]).await;
+    assert_exit(&o, 1);
+    assert!(
+        stderr(&o).contains("/no/such/nats-server"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[tokio::test]
+async fn ctrl_c_cuts_a_command_short_with_exit_130() {
+    // A server that accepts connections and never speaks: the connect would take seconds.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("nats://{}", listener.local_addr().expect("addr"));
+    let _hold = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            open.push(sock);
+        }
+    });
+    let mut child = tokio::process::Command::new(crate::BIN)
+        .env_clear()
+        .args(["status", "--nats-url", &url])
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    crate::signal(&child, "INT");
+    let out = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let status = child.wait().await.expect("wait");
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            use tokio::io::AsyncReadExt;
+            e.read_to_string(&mut err).await.expect("read");
+        }
+        (status, err)
+    })
+    .await
+    .expect("mesh-cli stopped");
+    assert_eq!(out.0.code(), Some(130), "{}", out.1);
+    assert!(out.1.contains("interrupted"), "{}", out.1);
+}

@@ -70,6 +70,9 @@ pub enum CliError {
     Interrupted(&'static str),
     #[error("`mesh-cli {0}` is not yet implemented")]
     NotImplemented(&'static str),
+    /// The demo saw the mesh break one of its promises.
+    #[error("demo invariant failed: {0}")]
+    DemoInvariant(String),
 }
 
 impl CliError {

@@ -1,12 +1,419 @@
-//! `mesh-cli demo`: the rogue-agent scenario (contract §8), end to end, on a local mesh.
-//! Not written yet.
+//! `mesh-cli demo`: the rogue-agent scenario (contract §8, steps 1–5), end to end, on a local
+//! mesh it starts itself: one nats-server, two `mesh-gateway` processes, a deployer running as
+//! four instances, a planner that sends it work and an infra agent it floods. Narrates each step
+//! with the numbers it measured, checks the mesh's promises, and exits non-zero if one fails.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mesh_agent::Agent;
+use mesh_schemas::{AgentId, KillState};
+
+use crate::config::CliConfig;
 use crate::error::CliError;
+use crate::events::{self, Filter};
+use crate::local::{self, Proc};
+use crate::mesh::Mesh;
+use crate::output;
+use crate::switch::Switch;
 use crate::Ctx;
 
+/// Options of the demo.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Intents the planner sends the deployer while it is killed.
+    #[arg(long, default_value_t = 50)]
+    held: u64,
+}
 
-pub async fn run(_args: Args, _ctx: &mut Ctx) -> Result<(), CliError> {
-    Err(CliError::NotImplemented("demo"))
+/// What the agents saw, shared by their tasks.
+#[derive(Default)]
+struct Counts {
+    /// Deliveries to the deployer, by instance.
+    per_instance: Mutex<HashMap<String, u64>>,
+    /// Payloads of the planner's intents as the deployer received them (first delivery only).
+    from_planner: Mutex<Vec<u64>>,
+    seen: Mutex<std::collections::HashSet<String>>,
+    to_deployer: AtomicU64,
+    infra_from_deployer: AtomicU64,
+    rogue_sent: AtomicU64,
+    rejected: AtomicU64,
+}
+
+fn id(s: &str) -> AgentId {
+    AgentId::new(s).expect("demo ids are valid")
+}
+
+fn check(ok: bool, what: impl Into<String>) -> Result<(), CliError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(CliError::DemoInvariant(what.into()))
+    }
+}
+
+/// Runs the scenario.
+pub async fn run(args: Args, ctx: &mut Ctx) -> Result<(), CliError> {
+    let started = Instant::now();
+    let nats_bin = local::find_nats_server(&ctx.env, &local::search_roots())?;
+    let gateway_bin = local::find_gateway()?;
+    let temp = tempfile::Builder::new()
+        .prefix("mesh-demo-")
+        .tempdir()
+        .map_err(|source| local::LocalError::Io {
+            what: "create a temporary directory".to_string(),
+            source,
+        })?;
+    let dir = temp.path();
+    say(ctx, "== Agent Mesh: the rogue-agent demo ==")?;
+    let (nats, url) = local::start_nats(&nats_bin, dir, None).await?;
+    let cfg = CliConfig {
+        nats_url: url.clone(),
+        nats_creds: None,
+        ..ctx.cfg.clone()
+    };
+    let mut gateways = Vec::new();
+    for n in 1..=2 {
+        let gdir = dir.join(format!("gw{n}"));
+        std::fs::create_dir_all(&gdir).map_err(|source| local::LocalError::Io {
+            what: format!("create {}", gdir.display()),
+            source,
+        })?;
+        let mut cmd_cfg = cfg.clone();
+        cmd_cfg.names = ctx.cfg.names.clone();
+        gateways.push(super::up::start_gateway(
+            &gateway_bin,
+            &url,
+            &cmd_cfg,
+            &gdir,
+        )?);
+    }
+    let mesh = Mesh::open(cfg).await?;
+    wait_replicas(&mesh, 2).await?;
+    say(
+        ctx,
+        &format!("local NATS at {url}, 2 gateway replicas live"),
+    )?;
+
+    let result = scenario(&args, ctx, &mesh).await;
+    for g in gateways {
+        g.stop(Duration::from_secs(5)).await;
+    }
+    stop(nats).await;
+    match &result {
+        Ok(()) => say(
+            ctx,
+            &format!(
+                "demo passed every check in {:.1} s",
+                started.elapsed().as_secs_f64()
+            ),
+        )?,
+        Err(_) => output::note("demo FAILED"),
+    }
+    result
+}
+
+async fn stop(p: Proc) {
+    p.stop(Duration::from_secs(5)).await;
+}
+
+async fn wait_replicas(mesh: &Mesh, n: usize) -> Result<(), CliError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(store) = mesh.bucket(&mesh.cfg.names.gateways_bucket).await? {
+            if crate::fence::live_replicas(&store).await?.len() >= n {
+                return Ok(());
+            }
+        }
+        check(
+            Instant::now() < deadline,
+            format!("{n} gateway replicas did not come up in 30 s"),
+        )?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn say(ctx: &mut Ctx, text: &str) -> Result<(), CliError> {
+    ctx.out.line(text)?;
+    Ok(())
+}
+
+async fn wait_until(what: &str, mut ok: impl FnMut() -> bool) -> Result<(), CliError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ok() {
+        check(
+            Instant::now() < deadline,
+            format!("timed out waiting: {what}"),
+        )?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+async fn scenario(args: &Args, ctx: &mut Ctx, mesh: &Mesh) -> Result<(), CliError> {
+    let url = mesh.cfg.nats_url.clone();
+    let connect = || async {
+        async_nats::connect(url.as_str())
+            .await
+            .map_err(|e| CliError::nats(format!("connect to {url}"), e))
+    };
+    let counts = Arc::new(Counts::default());
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // Step 1: the deployer runs as four instances and deploys far more than asked.
+    say(
+        ctx,
+        "\n1. deployer runs as 4 instances; it starts deploying far more services than asked",
+    )?;
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let agent = Agent::new(connect().await?, id("deployer"));
+        let mut inbox = agent
+            .serve()
+            .await
+            .map_err(|e| CliError::nats("serve the deployer's inbox", e))?;
+        let counts = counts.clone();
+        let instance = format!("deployer-{i}");
+        tasks.push(tokio::spawn(async move {
+            while let Some(d) = inbox.next().await {
+                counts.to_deployer.fetch_add(1, Ordering::SeqCst);
+                *counts
+                    .per_instance
+                    .lock()
+                    .expect("lock")
+                    .entry(instance.clone())
+                    .or_default() += 1;
+                if d.from.as_str() == "planner"
+                    && counts
+                        .seen
+                        .lock()
+                        .expect("lock")
+                        .insert(d.intent_id.clone())
+                {
+                    if let Ok(n) = String::from_utf8_lossy(&d.payload).parse::<u64>() {
+                        counts.from_planner.lock().expect("lock").push(n);
+                    }
+                }
+                let _ = d.ack().await;
+            }
+        }));
+    }
+    let infra = Agent::new(connect().await?, id("infra"));
+    let mut infra_inbox = infra
+        .serve()
+        .await
+        .map_err(|e| CliError::nats("serve infra", e))?;
+    {
+        let counts = counts.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(d) = infra_inbox.next().await {
+                if d.from.as_str() == "deployer" {
+                    counts.infra_from_deployer.fetch_add(1, Ordering::SeqCst);
+                }
+                let _ = d.ack().await;
+            }
+        }));
+    }
+    let rogue = Agent::new(connect().await?, id("deployer"));
+    {
+        let mut rejections = rogue
+            .rejections()
+            .await
+            .map_err(|e| CliError::nats("follow the deployer's rejections", e))?;
+        let counts = counts.clone();
+        tasks.push(tokio::spawn(async move {
+            use futures::StreamExt;
+            while rejections.next().await.is_some() {
+                counts.rejected.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    {
+        let counts = counts.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let infra = id("infra");
+            while !stop.load(Ordering::SeqCst) {
+                let n = counts.rogue_sent.load(Ordering::SeqCst);
+                if rogue
+                    .send(&infra, "deploy.service", format!("svc-{n}"))
+                    .await
+                    .is_ok()
+                {
+                    counts.rogue_sent.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    let planner = Agent::new(connect().await?, id("planner"));
+    let deployer = id("deployer");
+    let mut planned = 0u64;
+    for _ in 0..20 {
+        send_plan(&planner, &deployer, planned).await?;
+        planned += 1;
+    }
+    let c = counts.clone();
+    wait_until("the deployer gets the planner's first 20 intents", || {
+        c.from_planner.lock().expect("lock").len() >= 20
+    })
+    .await?;
+    let c = counts.clone();
+    wait_until("the rogue deploys reach infra", || {
+        c.infra_from_deployer.load(Ordering::SeqCst) >= 200
+    })
+    .await?;
+    say(ctx, &format!(
+        "   deployer asked for 3 deploys, has sent {} deploy.service intents to infra ({} delivered)",
+        counts.rogue_sent.load(Ordering::SeqCst),
+        counts.infra_from_deployer.load(Ordering::SeqCst)
+    ))?;
+
+    // Step 2: one kill stops every instance, confirmed by every replica.
+    say(
+        ctx,
+        "\n2. operator: mesh-cli kill deployer --reason \"deployed 47 of 3\"",
+    )?;
+    let outcome = Switch {
+        agent: deployer.clone(),
+        state: KillState::Killed,
+        reason: "deployed 47 of 3".into(),
+        by: "demo-operator".into(),
+        timeout: Duration::from_secs(5),
+    }
+    .apply(mesh)
+    .await?;
+    check(outcome.confirmed, "every live replica confirmed the kill")?;
+    let in_at_kill = counts.to_deployer.load(Ordering::SeqCst);
+    let out_at_kill = counts.infra_from_deployer.load(Ordering::SeqCst);
+    say(ctx, &format!("   {}", outcome.summary()))?;
+
+    // Step 3: work for the deployer keeps arriving and waits, durable; its own sends bounce.
+    say(ctx, &format!("\n3. the planner sends {} more intents to the killed deployer; the deployer keeps trying to deploy", args.held))?;
+    for _ in 0..args.held {
+        send_plan(&planner, &deployer, planned).await?;
+        planned += 1;
+    }
+    let c = counts.clone();
+    let target = counts.rogue_sent.load(Ordering::SeqCst) + 200;
+    wait_until("the rogue sends 200 more", || {
+        c.rogue_sent.load(Ordering::SeqCst) >= target
+    })
+    .await?;
+    stop.store(true, Ordering::SeqCst);
+    let c = counts.clone();
+    wait_until("every rogue intent after the kill is rejected", || {
+        c.infra_from_deployer.load(Ordering::SeqCst) + c.rejected.load(Ordering::SeqCst)
+            >= c.rogue_sent.load(Ordering::SeqCst)
+    })
+    .await?;
+    let rejected = counts.rejected.load(Ordering::SeqCst);
+    check(
+        counts.to_deployer.load(Ordering::SeqCst) == in_at_kill,
+        "nothing reached the killed deployer",
+    )?;
+    check(
+        counts.infra_from_deployer.load(Ordering::SeqCst) == out_at_kill,
+        "nothing left the killed deployer",
+    )?;
+    say(ctx, &format!(
+        "   delivered to the deployer since the kill: 0; delivered from it: 0; its intents rejected (403, with notice and record): {rejected}"
+    ))?;
+
+    // Step 4: status and audit show what happened and what is pending.
+    say(
+        ctx,
+        "\n4. mesh-cli status / mesh-cli audit --agent deployer",
+    )?;
+    let status = super::status::read(mesh).await?;
+    let row = status.agents.iter().find(|a| a.agent == "deployer");
+    let pending = row.and_then(|r| r.pending).unwrap_or(0);
+    check(
+        pending == args.held,
+        format!(
+            "{} intents held for the deployer, status says {pending}",
+            args.held
+        ),
+    )?;
+    for a in &status.agents {
+        say(
+            ctx,
+            &format!(
+                "   {:<10} {:<8} pending {:<5} rejected {:<5} {}",
+                a.agent,
+                a.state,
+                a.pending.map_or("-".into(), |p| p.to_string()),
+                a.rejected,
+                a.reason
+            ),
+        )?;
+    }
+    let filter = Filter {
+        agent: Some(deployer.clone()),
+        kind: Some("kill".into()),
+    };
+    let kills = events::history(mesh, &filter, None, 10).await?;
+    check(!kills.is_empty(), "the kill is in the audit trail")?;
+    for e in &kills {
+        say(
+            ctx,
+            &format!(
+                "   audit: {} {} by {}: {} ({})",
+                e.event.kind.as_str(),
+                e.event.agent,
+                e.event.actor,
+                e.event.reason,
+                e.details()
+            ),
+        )?;
+    }
+
+    // Step 5: resume; the waiting intents are delivered, in order, none lost.
+    say(ctx, "\n5. after the fix: mesh-cli resume deployer")?;
+    let t = Instant::now();
+    let outcome = Switch {
+        agent: deployer.clone(),
+        state: KillState::Active,
+        reason: "fixed the deploy loop".into(),
+        by: "demo-operator".into(),
+        timeout: Duration::from_secs(5),
+    }
+    .apply(mesh)
+    .await?;
+    check(outcome.confirmed, "every live replica confirmed the resume")?;
+    let c = counts.clone();
+    let want = planned as usize;
+    wait_until("the held intents are delivered", || {
+        c.from_planner.lock().expect("lock").len() >= want
+    })
+    .await?;
+    let got = counts.from_planner.lock().expect("lock").clone();
+    let in_order: Vec<u64> = (0..planned).collect();
+    check(
+        got == in_order,
+        "the planner's intents arrived in order, none missing",
+    )?;
+    let per_instance = counts.per_instance.lock().expect("lock").clone();
+    say(
+        ctx,
+        &format!(
+            "   {} held intents delivered in order in {:.0} ms; deliveries per instance: {:?}",
+            args.held,
+            t.elapsed().as_secs_f64() * 1000.0,
+            per_instance
+        ),
+    )?;
+    for t in tasks {
+        t.abort();
+    }
+    Ok(())
+}
+
+async fn send_plan(planner: &Agent, deployer: &AgentId, n: u64) -> Result<(), CliError> {
+    planner
+        .send(deployer, "deploy.request", n.to_string())
+        .await
+        .map(|_| ())
+        .map_err(|e| CliError::nats("send a planner intent", e))
 }

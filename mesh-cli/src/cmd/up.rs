@@ -166,7 +166,7 @@ async fn wait_opt(proc: &mut Option<Proc>) -> std::io::Result<std::process::Exit
 
 /// Starts mesh-gateway against `url` with the configured names, logging to
 /// `<dir>/mesh-gateway.log`. Variables meant for mesh-cli are not passed on.
-fn start_gateway(
+pub(crate) fn start_gateway(
     bin: &std::path::Path,
     url: &str,
     cfg: &CliConfig,

@@ -64,11 +64,11 @@ impl Default for GatewayConfig {
             replicas: 1,
             max_payload: 1024 * 1024,
             request_timeout: Duration::from_secs(5),
-            ack_wait: Duration::from_secs(30),
+            ack_wait: Duration::from_secs(15),
             max_ack_pending: 1024,
             max_inflight_per_recipient: 256,
             presence_interval: Duration::from_secs(1),
-            pin_timeout: Duration::from_secs(5),
+            pin_timeout: Duration::from_secs(20),
             drain_grace: Duration::from_secs(10),
             max_retry_backoff: Duration::from_secs(2),
         }
@@ -152,6 +152,12 @@ impl GatewayConfig {
             return Err(invalid(
                 "ack_wait",
                 "must be longer than request_timeout, or JetStream redelivers while a request is in flight",
+            ));
+        }
+        if self.pin_timeout <= self.ack_wait {
+            return Err(invalid(
+                "pin_timeout",
+                "must be longer than ack_wait, or a replica taking over overtakes the intents a dead one left unacknowledged",
             ));
         }
         if let Some(id) = &self.gateway_id {

@@ -160,8 +160,10 @@ struct Buffer {
 
 async fn pull(shared: &Arc<Shared>, consumer: &PullConsumer, to: &AgentId) -> Ended {
     let cfg = &shared.cfg;
-    // Pull often enough that the pin never lapses while this replica is alive.
-    let expires = (cfg.pin_timeout / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+    // Pull often enough that the pin never lapses while this replica is alive, and that a
+    // resumed consumer is pulled again soon: nats-server does not serve a pull request that was
+    // waiting while the consumer was paused, so replay starts with the next pull.
+    let expires = (cfg.pin_timeout / 4).clamp(Duration::from_millis(500), Duration::from_secs(1));
     let mut messages = match consumer
         .stream()
         .group(MeshNames::PRIORITY_GROUP)

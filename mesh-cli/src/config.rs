@@ -62,7 +62,7 @@ impl Default for CliConfig {
             nats_creds: None,
             names: MeshNames::default(),
             replicas: 1,
-            fence_timeout: Duration::from_secs(5),
+            fence_timeout: Duration::from_secs(15),
         }
     }
 }

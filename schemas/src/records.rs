@@ -232,8 +232,8 @@ impl GatewayPresence {
 }
 
 /// A replica's confirmation, on `<prefix>.gw.fenced.<id>`, that it enforces kill-flag revision
-/// `revision` of agent `agent`: its in-flight deliveries to and from the agent are finished and
-/// any inbound work it held for the agent is handed back to JetStream.
+/// `revision` of agent `agent`: its in-flight deliveries to and from the agent are finished, and
+/// inbound work that reached it stays held, unacknowledged, until the agent is resumed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[non_exhaustive]
 pub struct FenceAck {
@@ -241,7 +241,8 @@ pub struct FenceAck {
     pub agent: AgentId,
     pub revision: u64,
     pub state: KillState,
-    /// Inbound intents this replica handed back (NAK) when the kill landed.
+    /// Inbound intents this replica handed back to JetStream (NAK); 0 since held work is kept
+    /// in order instead. Kept for compatibility.
     #[serde(default)]
     pub handed_back: u64,
     /// Microseconds from the replica seeing the change to this confirmation.

@@ -17,7 +17,7 @@ pub fn test_config(url: &str, id: &str) -> GatewayConfig {
         gateway_id: Some(id.to_string()),
         request_timeout: Duration::from_millis(500),
         ack_wait: Duration::from_secs(3),
-        pin_timeout: Duration::from_secs(2),
+        pin_timeout: Duration::from_secs(4),
         max_retry_backoff: Duration::from_millis(200),
         drain_grace: Duration::from_secs(5),
         presence_interval: Duration::from_millis(250),

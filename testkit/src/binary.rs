@@ -58,7 +58,8 @@ fn requested_version() -> String {
 
 /// The workspace root: this crate lives in `<root>/testkit`.
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    root.canonicalize().unwrap_or(root)
 }
 
 /// The lookup itself, with its inputs passed in so it can be tested without touching the

@@ -41,7 +41,7 @@
 //! - `probe.rs`: looks at a running server from outside: ports file, TCP connect, `/healthz`,
 //!   `/jsz`.
 //! - `error.rs`: [`HarnessError`], one variant per failure.
-//! - `container.rs` (feature `testcontainers`, off by default): [`NatsContainer`], a `nats`
+//! - `container.rs` (feature `testcontainers`, off by default): `NatsContainer`, a `nats`
 //!   image started through Docker for machines that have an engine and no binary.
 
 #![forbid(unsafe_code)]

@@ -11,6 +11,7 @@
 //! - [`headers`]: the header names of the contract and the intent-id rule.
 //! - [`records`]: kill records, audit events, rejection and control notices, gateway presence and
 //!   fence acknowledgements.
+//! - [`policy`]: per-agent policies, their validation, merging and action globs.
 //! - [`codec`]: MessagePack on the wire, JSON accepted on read, JSON for people.
 //!
 //! # Compatibility
@@ -25,15 +26,17 @@ pub mod codec;
 pub mod headers;
 pub mod id;
 pub mod names;
+pub mod policy;
 pub mod records;
 pub mod subjects;
 
 pub use codec::{decode, encode, CodecError};
 pub use id::{AgentId, InvalidAgentId};
 pub use names::MeshNames;
+pub use policy::{OnBreach, OnUnreachable, Policy, PolicyError, PolicyRecord, Rate};
 pub use records::{
-    AuditEvent, AuditKind, ControlNotice, FenceAck, GatewayPresence, KillRecord, KillState,
-    RejectionNotice,
+    AuditEvent, AuditKind, ControlNotice, FenceAck, GatewayPresence, HealthRecord, HealthState,
+    KillRecord, KillState, RejectionNotice,
 };
 pub use subjects::{IntentSubject, SubjectError, Subjects};
 

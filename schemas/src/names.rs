@@ -24,6 +24,8 @@ pub struct MeshNames {
     pub health_bucket: String,
     /// Gateway presence, `mesh-gateways`.
     pub gateways_bucket: String,
+    /// Mesh-wide policy counters (intents per window, cost), `mesh-counters`.
+    pub counters_bucket: String,
 }
 
 impl Default for MeshNames {
@@ -36,6 +38,7 @@ impl Default for MeshNames {
             policy_bucket: "mesh-policy".to_string(),
             health_bucket: "mesh-health".to_string(),
             gateways_bucket: "mesh-gateways".to_string(),
+            counters_bucket: "mesh-counters".to_string(),
         }
     }
 }
@@ -49,6 +52,11 @@ impl MeshNames {
     /// The durable consumer that holds and delivers `id`'s inbound intents.
     pub fn inbound_consumer(&self, id: &AgentId) -> String {
         format!("in_{id}")
+    }
+
+    /// `<prefix>.event.<kind>.<id>`: alert events (degraded, unreachable, autokill).
+    pub fn event_subject(&self, kind: &str, id: &str) -> String {
+        format!("{}.event.{kind}.{id}", self.prefix)
     }
 
     /// The priority group every gateway replica pulls recipient consumers with.

@@ -66,6 +66,10 @@ pub enum AuditKind {
     Reject,
     Stale,
     Gateway,
+    /// A policy in `observe` mode would have acted.
+    Observe,
+    /// Health changed (degraded, unreachable, healthy again).
+    Health,
 }
 
 impl AuditKind {
@@ -79,6 +83,8 @@ impl AuditKind {
             AuditKind::Reject => "reject",
             AuditKind::Stale => "stale",
             AuditKind::Gateway => "gateway",
+            AuditKind::Observe => "observe",
+            AuditKind::Health => "health",
         }
     }
 }
@@ -112,6 +118,10 @@ pub struct AuditEvent {
     pub replicas: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fence_ms: Option<f64>,
+    /// Free-form detail: for a policy change, `{"from": …, "to": …}` as JSON; for an automatic
+    /// kill or an observation, the rule and the count that crossed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 impl AuditEvent {
@@ -134,6 +144,7 @@ impl AuditEvent {
             status: None,
             replicas: None,
             fence_ms: None,
+            detail: None,
         }
     }
 }
@@ -264,6 +275,69 @@ impl FenceAck {
             state,
             handed_back: 0,
             took_us: 0,
+        }
+    }
+}
+
+/// Health of an agent, from its heartbeats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum HealthState {
+    /// Heartbeats on time.
+    Healthy,
+    /// Heartbeats late (past `degraded_after`).
+    Degraded,
+    /// Silent past `unreachable_after`; its intents wait.
+    Unreachable,
+    /// Killed (the kill flag says so).
+    Killed,
+    /// Never heard from.
+    Unknown,
+}
+
+impl HealthState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthState::Healthy => "healthy",
+            HealthState::Degraded => "degraded",
+            HealthState::Unreachable => "unreachable",
+            HealthState::Killed => "killed",
+            HealthState::Unknown => "unknown",
+        }
+    }
+}
+
+/// The value of `mesh-health[<id>]`, written by the gateway replica that leads health checks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[non_exhaustive]
+pub struct HealthRecord {
+    pub agent: String,
+    pub state: HealthState,
+    /// Instances heard from within `unreachable_after`.
+    pub instances: u32,
+    /// Last heartbeat from any instance, ms since the epoch (0: never).
+    pub last_heartbeat_unix_ms: u64,
+    /// Cost reported by heartbeats (sum over instances of `Mesh-Cost-Total`).
+    pub reported_cost_usd: f64,
+    pub at_unix_ms: u64,
+}
+
+impl HealthRecord {
+    pub fn new(
+        agent: impl Into<String>,
+        state: HealthState,
+        instances: u32,
+        last_heartbeat_unix_ms: u64,
+        reported_cost_usd: f64,
+    ) -> Self {
+        HealthRecord {
+            agent: agent.into(),
+            state,
+            instances,
+            last_heartbeat_unix_ms,
+            reported_cost_usd,
+            at_unix_ms: crate::now_unix_ms(),
         }
     }
 }

@@ -15,6 +15,14 @@ fn generated() -> Vec<(&'static str, schemars::Schema)> {
         ("control-notice", schemars::schema_for!(ControlNotice)),
         ("gateway-presence", schemars::schema_for!(GatewayPresence)),
         ("fence-ack", schemars::schema_for!(FenceAck)),
+        (
+            "policy-record",
+            schemars::schema_for!(mesh_schemas::PolicyRecord),
+        ),
+        (
+            "health-record",
+            schemars::schema_for!(mesh_schemas::HealthRecord),
+        ),
     ]
 }
 

@@ -12,17 +12,25 @@
 //! Control path (KV watch → gates → fence):
 //! - [`killwatch`]: follows `mesh-kill`, applies changes, fences and confirms them.
 //! - [`gate`]: per-agent kill state and in-flight accounting; fail-closed readiness.
-//! - [`presence`]: this replica's record in `mesh-gateways`.
+//! - [`presence`]: this replica's record in `mesh-gateways`; who else is live.
+//!
+//! Policies and health:
+//! - [`policy`]: the policy book (KV watch), allowed actions, rate limits, caps and ceilings.
+//! - [`health`]: heartbeats, health states, alerts, `on_unreachable`.
+//! - [`autokill`]: a breach writes a kill record like an operator would.
 //!
 //! Around them: [`config`] (layered configuration), [`setup`] (streams, buckets, consumers) and
 //! [`run`], which wires a replica together and drains it on shutdown.
 #![forbid(unsafe_code)]
 
+pub mod autokill;
 pub mod config;
 pub mod deliver;
 pub mod discover;
 pub mod gate;
+pub mod health;
 pub mod killwatch;
+pub mod policy;
 pub mod presence;
 pub mod reject;
 pub mod setup;
@@ -58,6 +66,7 @@ pub async fn run(
     cfg.validate()?;
     let js = jetstream::new(client.clone());
     let objects = setup::ensure(&js, &cfg).await?;
+    let budget_kv = objects.counters.clone();
     let subjects = cfg.names.subjects()?;
     let gateway_id = cfg.gateway_id();
     let cancel = CancellationToken::new();
@@ -78,12 +87,19 @@ pub async fn run(
         cancel: cancel.clone(),
         workers: std::sync::Mutex::new(Default::default()),
         tracker: tokio_util::task::TaskTracker::new(),
+        policies: Arc::new(policy::PolicyBook::default()),
+        rates: policy::rate::RateLimits::default(),
+        budget: policy::budget::Budget::new(budget_kv),
+        health: Arc::new(health::HealthView::default()),
+        live: std::sync::Mutex::new(Vec::new()),
     });
     tracing::info!(gateway = %gateway_id, "gateway starting");
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(killwatch::run(shared.clone()));
     tasks.spawn(presence::run(shared.clone()));
     tasks.spawn(discover::run(shared.clone()));
+    tasks.spawn(policy::book::run(shared.clone()));
+    tasks.spawn(health::run(shared.clone()));
 
     shutdown.await;
     tracing::info!(gateway = %gateway_id, "draining");

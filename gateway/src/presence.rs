@@ -41,8 +41,34 @@ pub async fn run(shared: Arc<Shared>) {
         {
             tracing::warn!(error = %e, "could not refresh presence");
         }
+        match live_replicas(&shared.objects.gateways).await {
+            Ok(live) => *shared.live.lock().unwrap_or_else(|e| e.into_inner()) = live,
+            Err(e) => tracing::warn!(error = %e, "could not list live replicas"),
+        }
     }
     if let Err(e) = shared.objects.gateways.delete(&shared.gateway_id).await {
         tracing::warn!(error = %e, "could not delete presence on shutdown");
     }
+}
+
+/// Ids of the replicas whose presence is fresh, sorted.
+pub async fn live_replicas(
+    kv: &async_nats::jetstream::kv::Store,
+) -> Result<Vec<String>, async_nats::Error> {
+    use futures::StreamExt;
+    let now = now_unix_ms();
+    let mut keys = kv.keys().await?;
+    let mut live = Vec::new();
+    while let Some(key) = keys.next().await {
+        let key = key?;
+        if let Some(v) = kv.get(&key).await? {
+            if let Ok(p) = mesh_schemas::decode::<GatewayPresence>(&v) {
+                if p.is_live(now) {
+                    live.push(p.id);
+                }
+            }
+        }
+    }
+    live.sort();
+    Ok(live)
 }

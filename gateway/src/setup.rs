@@ -25,6 +25,9 @@ pub struct MeshObjects {
     pub audit: stream::Stream,
     pub kill: kv::Store,
     pub gateways: kv::Store,
+    pub policy: kv::Store,
+    pub counters: kv::Store,
+    pub health: kv::Store,
 }
 
 /// A NATS object could not be created or has an incompatible configuration.
@@ -138,11 +141,51 @@ pub async fn ensure(
         },
     )
     .await?;
+    let policy = ensure_bucket(
+        js,
+        kv::Config {
+            bucket: names.policy_bucket.clone(),
+            description: "Agent Mesh policies (per agent and _default)".to_string(),
+            history: 16,
+            storage: stream::StorageType::File,
+            num_replicas: cfg.replicas,
+            max_value_size: 64 * 1024,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let counters = ensure_bucket(
+        js,
+        kv::Config {
+            bucket: names.counters_bucket.clone(),
+            description: "Agent Mesh policy counters (intents per window, cost)".to_string(),
+            history: 1,
+            storage: stream::StorageType::File,
+            num_replicas: cfg.replicas,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let health = ensure_bucket(
+        js,
+        kv::Config {
+            bucket: names.health_bucket.clone(),
+            description: "Agent Mesh agent health (from heartbeats)".to_string(),
+            history: 1,
+            storage: stream::StorageType::File,
+            num_replicas: cfg.replicas,
+            ..Default::default()
+        },
+    )
+    .await?;
     Ok(MeshObjects {
         intents,
         audit,
         kill,
         gateways,
+        policy,
+        counters,
+        health,
     })
 }
 

@@ -40,9 +40,38 @@ pub struct Shared {
     pub workers: std::sync::Mutex<HashSet<AgentId>>,
     /// Every worker task, so that a drain can wait for them to hand their work back.
     pub tracker: tokio_util::task::TaskTracker,
+    /// Policies, hot-reloaded.
+    pub policies: Arc<crate::policy::PolicyBook>,
+    /// Per-sender rate limiters.
+    pub rates: crate::policy::rate::RateLimits,
+    /// Mesh-wide caps and ceilings.
+    pub budget: crate::policy::budget::Budget,
+    /// Heartbeats and health.
+    pub health: Arc<crate::health::HealthView>,
+    /// Ids of the live replicas (this one included), sorted; refreshed by presence.
+    pub live: std::sync::Mutex<Vec<String>>,
 }
 
 impl Shared {
+    /// How many replicas share the work (at least 1).
+    pub fn live_replicas(&self) -> usize {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+            .max(1)
+    }
+
+    /// Whether this replica leads mesh-wide chores (health): the live replica with the
+    /// smallest id.
+    pub fn is_leader(&self) -> bool {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .first()
+            .is_none_or(|first| *first == self.gateway_id)
+    }
+
     /// Whether this replica runs a worker for `id`.
     pub fn has_worker(&self, id: &AgentId) -> bool {
         self.workers

@@ -1,0 +1,15 @@
+//! Policies on the delivery path: the in-memory book of policies (hot-reloaded from a KV watch),
+//! and the checks one delivery runs before its request.
+//!
+//! - [`book`]: policies per agent and `_default`, merged and cached; bad records reported and
+//!   ignored (the last valid policy stays in force).
+//! - [`actions`]: allow/deny globs for sending and receiving.
+//! - [`rate`]: per-sender throttling with `governor`, split across live replicas.
+//! - [`budget`]: hourly/daily caps and cost ceilings, counted mesh-wide in KV before delivery.
+
+pub mod actions;
+pub mod book;
+pub mod budget;
+pub mod rate;
+
+pub use book::{Effective, PolicyBook};

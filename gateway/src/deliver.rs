@@ -27,6 +27,11 @@ pub struct Item {
     pub to: AgentId,
     pub action: String,
     pub intent_id: String,
+    /// `Mesh-Cost` of the intent, USD (0 when absent).
+    pub cost: f64,
+    /// Whether the policy checks (actions, rate, caps) passed already: they count an intent
+    /// once, however often its delivery is retried or held.
+    pub admitted: bool,
 }
 
 /// How a delivery ended.
@@ -38,7 +43,12 @@ pub enum Outcome {
 }
 
 /// Delivers `item`, retrying until it is done or must be handed back.
-pub async fn deliver(shared: Arc<Shared>, item: Item, from: Arc<Gate>, to: Arc<Gate>) -> Outcome {
+pub async fn deliver(
+    shared: Arc<Shared>,
+    mut item: Item,
+    from: Arc<Gate>,
+    to: Arc<Gate>,
+) -> Outcome {
     let cfg = &shared.cfg;
     let mut attempt = item.delivered.max(1);
     let mut backoff = Duration::from_millis(50);
@@ -63,24 +73,44 @@ pub async fn deliver(shared: Arc<Shared>, item: Item, from: Arc<Gate>, to: Arc<G
         if to.is_killed() {
             return Outcome::HandBack(Box::new(item));
         }
-        if let GateState::Killed { reason, .. } = from.state() {
+        let killed = match from.state() {
+            GateState::Killed { reason, .. } => Some(reason),
+            GateState::Active { .. } => None,
+        };
+        if killed.is_some() || !item.admitted {
             drop(flight);
-            let refusal = Refusal::Forbidden(format!("sender {} is killed: {reason}", item.from));
-            match shared
-                .rejector
-                .reject(
-                    &item.msg,
-                    Some(&item.from),
-                    &item.intent_id,
-                    item.seq,
-                    &refusal,
-                )
-                .await
-            {
-                Ok(()) => return Outcome::Done,
-                Err(e) => {
-                    tracing::warn!(error = %e, seq = item.seq, "rejection not recorded; retrying");
+            let verdict = match killed {
+                Some(reason) => Verdict::Refuse(Refusal::Forbidden(format!(
+                    "sender {} is killed: {reason}",
+                    item.from
+                ))),
+                None => admit(&shared, &item, &mut from_rx).await,
+            };
+            match verdict {
+                Verdict::Deliver => {
+                    item.admitted = true;
+                    continue;
                 }
+                Verdict::Recheck => continue,
+                Verdict::Retry(why) => {
+                    tracing::warn!(seq = item.seq, why, "policy check could not run; retrying");
+                }
+                Verdict::Refuse(refusal) => match shared
+                    .rejector
+                    .reject(
+                        &item.msg,
+                        Some(&item.from),
+                        &item.intent_id,
+                        item.seq,
+                        &refusal,
+                    )
+                    .await
+                {
+                    Ok(()) => return Outcome::Done,
+                    Err(e) => {
+                        tracing::warn!(error = %e, seq = item.seq, "rejection not recorded; retrying");
+                    }
+                },
             }
         } else {
             let result = shared
@@ -134,4 +164,94 @@ fn delivery_headers(item: &Item, attempt: u32) -> HeaderMap {
     h.insert(MESH_ACTION, item.action.as_str());
     h.insert(MESH_ATTEMPT, attempt.to_string().as_str());
     h
+}
+
+/// What the policy checks decided for one intent.
+enum Verdict {
+    Deliver,
+    /// Something changed while waiting (the sender's gate): check the gates again.
+    Recheck,
+    /// The checks could not run (counters unavailable): wait and try again, deliver nothing.
+    Retry(String),
+    Refuse(Refusal),
+}
+
+/// Runs the policy checks once per intent: allowed actions, the sender's rate (waits), then its
+/// caps and ceilings (counted mesh-wide before delivery).
+async fn admit(
+    shared: &Shared,
+    item: &Item,
+    from_rx: &mut tokio::sync::watch::Receiver<GateState>,
+) -> Verdict {
+    use crate::policy::actions;
+    use mesh_schemas::OnBreach;
+
+    if !shared.policies.is_ready() {
+        return Verdict::Retry("policies not loaded yet".to_string());
+    }
+    let from_policy = shared.policies.effective(&item.from);
+    let to_policy = shared.policies.effective(&item.to);
+    if let Err(why) = actions::check(&item.from, &from_policy, &item.to, &to_policy, &item.action) {
+        return Verdict::Refuse(Refusal::Forbidden(format!("not allowed by policy: {why}")));
+    }
+    if let Some(rate) = from_policy.rate {
+        let limiter = shared.rates.limiter(
+            &item.from,
+            rate,
+            from_policy.policy.burst,
+            shared.live_replicas(),
+        );
+        // Throttle by waiting: the sender's queue does not advance, nothing is dropped.
+        tokio::select! {
+            _ = limiter.until_ready() => {}
+            _ = from_rx.changed() => return Verdict::Recheck,
+            _ = shared.cancel.cancelled() => return Verdict::Recheck,
+        }
+    }
+    if !from_policy.has_caps() {
+        return Verdict::Deliver;
+    }
+    let reported = shared.health.reported_cost(&item.from);
+    let breach = match shared
+        .budget
+        .claim(&item.from, &from_policy, item.cost, reported)
+        .await
+    {
+        Ok(Ok(())) => return Verdict::Deliver,
+        Ok(Err(breach)) => breach,
+        Err(e) => return Verdict::Retry(e.to_string()),
+    };
+    match from_policy.policy.on_breach.unwrap_or_default() {
+        OnBreach::Kill => {
+            crate::autokill::kill(shared, &item.from, breach.rule, &breach.detail).await;
+            Verdict::Refuse(Refusal::Forbidden(format!(
+                "sender {} is killed: policy {}: {}",
+                item.from, breach.rule, breach.detail
+            )))
+        }
+        OnBreach::Block => Verdict::Refuse(Refusal::Limited(breach.detail)),
+        OnBreach::Observe => {
+            observe(shared, &item.from, breach.rule, &breach.detail).await;
+            Verdict::Deliver
+        }
+    }
+}
+
+/// Records what an `observe` policy would have done, once per agent, rule and hour.
+async fn observe(shared: &Shared, from: &AgentId, rule: &str, detail: &str) {
+    let hour = mesh_schemas::now_unix_ms() / 3_600_000;
+    let mut event = mesh_schemas::AuditEvent::new(
+        mesh_schemas::AuditKind::Observe,
+        from.as_str(),
+        format!("policy:{rule}"),
+        format!("observe: would have acted on {rule}: {detail}"),
+    );
+    event.detail = Some(format!("rule={rule}"));
+    if let Err(e) = shared
+        .rejector
+        .audit(&event, &format!("observe-{from}-{rule}-{hour}"))
+        .await
+    {
+        tracing::warn!(error = %e, "could not record an observation");
+    }
 }

@@ -119,7 +119,16 @@ fn apply(shared: &Arc<Shared>, entry: &Entry) -> Option<AgentId> {
         },
     };
     let gate = shared.gates.get(&id);
+    let was_killed = gate.is_killed();
     gate.set(state.clone());
+    if was_killed && !state.is_killed() {
+        // Resume: health starts afresh and this replica's unused cap claims are dropped
+        // (mesh-cli resume resets the counters in KV).
+        shared.health.reset(&id);
+        let shared = shared.clone();
+        let agent = id.clone();
+        tokio::spawn(async move { shared.budget.forget(&agent).await });
+    }
     tracing::info!(agent = %id, revision, killed = state.is_killed(), "kill flag applied");
     let shared = shared.clone();
     let agent = id.clone();

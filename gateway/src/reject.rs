@@ -14,6 +14,8 @@ pub enum Refusal {
     Invalid(String),
     /// 403: the sender is killed, or the action is not allowed.
     Forbidden(String),
+    /// 429: over a cap with `on_breach = block`, until the window rolls.
+    Limited(String),
 }
 
 impl Refusal {
@@ -21,12 +23,13 @@ impl Refusal {
         match self {
             Refusal::Invalid(_) => 400,
             Refusal::Forbidden(_) => 403,
+            Refusal::Limited(_) => 429,
         }
     }
 
     pub fn reason(&self) -> &str {
         match self {
-            Refusal::Invalid(r) | Refusal::Forbidden(r) => r,
+            Refusal::Invalid(r) | Refusal::Forbidden(r) | Refusal::Limited(r) => r,
         }
     }
 }

@@ -335,7 +335,7 @@ async fn admit(
         }
     };
     debug_assert_eq!(&item.0, to);
-    let (_, from, action, id) = item;
+    let (_, from, action, id, cost) = item;
     let item = Item {
         msg,
         seq,
@@ -344,6 +344,8 @@ async fn admit(
         to: to.clone(),
         action,
         intent_id: id,
+        cost,
+        admitted: false,
     };
     buf.held.insert(seq);
     if buf.busy.contains(&from) || !deliver_now {
@@ -354,7 +356,7 @@ async fn admit(
     }
 }
 
-type Checked = (AgentId, AgentId, String, String);
+type Checked = (AgentId, AgentId, String, String, f64);
 type Refused = (Option<AgentId>, Refusal, String);
 
 /// Validates subject and headers; what fails is rejected 400.
@@ -373,9 +375,11 @@ fn check(shared: &Shared, msg: &jetstream::Message, seq: u64) -> Result<Checked,
         Ok(p) => p,
         Err(e) => return Err((None, Refusal::Invalid(e.to_string()), id)),
     };
-    if let Some(cost) = msg.headers.as_ref().and_then(|h| h.get(MESH_COST)) {
-        if let Err(e) = parse_cost(cost.as_str()) {
-            return Err((Some(parsed.from), Refusal::Invalid(e.to_string()), id));
+    let mut cost = 0.0;
+    if let Some(value) = msg.headers.as_ref().and_then(|h| h.get(MESH_COST)) {
+        match parse_cost(value.as_str()) {
+            Ok(c) => cost = c,
+            Err(e) => return Err((Some(parsed.from), Refusal::Invalid(e.to_string()), id)),
         }
     }
     if msg.payload.len() > shared.cfg.max_payload {
@@ -386,7 +390,7 @@ fn check(shared: &Shared, msg: &jetstream::Message, seq: u64) -> Result<Checked,
         );
         return Err((Some(parsed.from), Refusal::Invalid(why), id));
     }
-    Ok((parsed.to, parsed.from, parsed.action, id))
+    Ok((parsed.to, parsed.from, parsed.action, id, cost))
 }
 
 fn start(shared: &Arc<Shared>, buf: &mut Buffer, item: Item) {

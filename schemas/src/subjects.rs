@@ -161,6 +161,12 @@ impl Subjects {
         format!("{}.audit.>", self.prefix)
     }
 
+    /// `<p>.gw.policy.<key>`: a replica's confirmation (a [`crate::FenceAck`] with the policy
+    /// revision) that it applied a change of `mesh-policy[<key>]`.
+    pub fn policy_applied(&self, key: &str) -> String {
+        format!("{}.gw.policy.{key}", self.prefix)
+    }
+
     /// `<p>.gw.fenced.<id>`: fence acknowledgements for a change of `<id>`'s kill flag.
     pub fn fenced(&self, id: &AgentId) -> String {
         format!("{}.gw.fenced.{id}", self.prefix)

@@ -94,3 +94,46 @@ pub async fn audit_events(client: &async_nats::Client) -> Vec<AuditEvent> {
     }
     out
 }
+
+/// Writes `policy` under `key` (an agent id or `_default`) as `mesh-cli policy set` would.
+pub async fn set_policy(client: &async_nats::Client, key: &str, policy: mesh_schemas::Policy) {
+    policy.validate().expect("valid policy");
+    let js = jetstream::new(client.clone());
+    let objects = mesh_gateway::setup::ensure(&js, &GatewayConfig::default())
+        .await
+        .expect("mesh objects");
+    let mut acks = client
+        .subscribe(format!("mesh.gw.policy.{key}"))
+        .await
+        .expect("subscribe policy acks");
+    let record = mesh_schemas::PolicyRecord::new(policy, "test");
+    let revision = objects
+        .policy
+        .put(key, encode(&record).expect("encode").into())
+        .await
+        .expect("put policy");
+    // Wait until every live replica applies it.
+    let live: HashSet<String> = crate::gateways::live_gateways(&objects.gateways)
+        .await
+        .into_iter()
+        .collect();
+    let mut confirmed = HashSet::new();
+    while !live.is_subset(&confirmed) {
+        let msg = tokio::time::timeout(crate::DEADLINE, acks.next())
+            .await
+            .expect("policy acks within the deadline")
+            .expect("subscription open");
+        let ack: FenceAck = decode(&msg.payload).expect("ack decodes");
+        if ack.revision >= revision {
+            confirmed.insert(ack.gateway);
+        }
+    }
+}
+
+/// The current kill record of `agent`, if any.
+pub async fn kill_record(client: &async_nats::Client, agent: &str) -> Option<KillRecord> {
+    let js = jetstream::new(client.clone());
+    let kv = js.get_key_value("mesh-kill").await.ok()?;
+    let v = kv.get(agent).await.ok()??;
+    decode(&v).ok()
+}

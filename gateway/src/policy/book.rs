@@ -179,6 +179,7 @@ async fn watch_once(shared: &Arc<Shared>) -> Result<(), String> {
             Operation::Delete | Operation::Purge => {
                 shared.policies.set(&key, None);
                 tracing::info!(key, "policy removed");
+                confirm(shared, &key, entry.revision).await;
             }
             Operation::Put => match decode::<PolicyRecord>(&entry.value)
                 .map_err(|e| e.to_string())
@@ -187,6 +188,7 @@ async fn watch_once(shared: &Arc<Shared>) -> Result<(), String> {
                 Ok(rec) => {
                     shared.policies.set(&key, Some(rec.policy));
                     tracing::info!(key, revision = entry.revision, "policy applied");
+                    confirm(shared, &key, entry.revision).await;
                 }
                 Err(why) => report_bad(shared, &key, entry.revision, &why).await,
             },
@@ -194,6 +196,23 @@ async fn watch_once(shared: &Arc<Shared>) -> Result<(), String> {
         if entry.delta == 0 {
             shared.policies.set_ready(true);
         }
+    }
+}
+
+/// Tells whoever changed the policy that this replica applies `revision` now.
+async fn confirm(shared: &Shared, key: &str, revision: u64) {
+    let Ok(agent) = AgentId::new(key) else { return };
+    let ack = mesh_schemas::FenceAck::new(
+        shared.gateway_id.clone(),
+        agent,
+        revision,
+        mesh_schemas::KillState::Active,
+    );
+    if let Ok(bytes) = mesh_schemas::encode(&ack) {
+        let _ = shared
+            .client
+            .publish(shared.subjects.policy_applied(key), bytes.into())
+            .await;
     }
 }
 

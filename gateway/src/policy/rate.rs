@@ -13,10 +13,13 @@ use std::time::Duration;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use mesh_schemas::{AgentId, Rate};
 
+/// A sender's limiter with what it was built from: rate, burst, live replicas.
+type Entry = (Rate, u32, usize, Arc<DefaultDirectRateLimiter>);
+
 /// Per-sender limiters, rebuilt when the policy or the replica count changes.
 #[derive(Default)]
 pub struct RateLimits {
-    limiters: Mutex<HashMap<AgentId, (Rate, u32, usize, Arc<DefaultDirectRateLimiter>)>>,
+    limiters: Mutex<HashMap<AgentId, Entry>>,
 }
 
 impl std::fmt::Debug for RateLimits {

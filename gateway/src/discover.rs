@@ -3,7 +3,7 @@
 //! each recipient once; it then starts that recipient's worker.
 //!
 //! An intent to an id that can never be valid would otherwise sit in the stream forever: it is
-//! rejected (400) here, with a notice and a record, and deleted from the stream.
+//! rejected (400) here, with a notice and a record, then deleted from the stream.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -77,8 +77,8 @@ async fn follow(shared: &Arc<Shared>, known: &mut HashSet<String>) -> Result<(),
     }
 }
 
-/// Rejects and deletes an intent whose recipient id is invalid. Only the replica whose delete
-/// succeeds writes the record, so two replicas do not record it twice.
+/// Rejects and deletes an intent whose recipient id is invalid. Every replica sees it; the
+/// audit id `reject-<seq>` makes the second record a duplicate that JetStream drops.
 async fn reject_unroutable(
     shared: &Arc<Shared>,
     msg: &async_nats::jetstream::Message,
@@ -86,10 +86,6 @@ async fn reject_unroutable(
 ) {
     let Ok(info) = msg.info() else { return };
     let seq = info.stream_sequence;
-    match shared.objects.intents.delete_message(seq).await {
-        Ok(true) => {}
-        _ => return,
-    }
     let subject = msg.subject.as_str();
     let from = subject
         .strip_prefix(shared.subjects.prefix())
@@ -103,11 +99,17 @@ async fn reject_unroutable(
         .map(|v| v.as_str().to_string());
     let intent_id = msg_id.unwrap_or_else(|| format!("{}-{seq}", shared.cfg.names.intents_stream));
     let refusal = Refusal::Invalid(format!("bad recipient in {subject:?}: {why}"));
+    // Record first (its audit id makes a second replica's record a duplicate JetStream drops),
+    // delete after: an intent is never gone without its record.
     if let Err(e) = shared
         .rejector
         .record(subject, from.as_ref(), &intent_id, seq, &refusal)
         .await
     {
-        tracing::warn!(error = %e, subject, "could not record rejection of an unroutable intent");
+        tracing::warn!(error = %e, subject, "could not record rejection of an unroutable intent; it stays in the stream");
+        return;
+    }
+    if let Err(e) = shared.objects.intents.delete_message(seq).await {
+        tracing::debug!(error = %e, seq, "unroutable intent already deleted");
     }
 }

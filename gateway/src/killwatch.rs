@@ -61,6 +61,10 @@ async fn watch_once(shared: &Arc<Shared>) -> Result<(), String> {
         let entry = tokio::select! {
             e = watch.next() => e,
             _ = shared.cancel.cancelled() => return Ok(()),
+            _ = disconnected(&shared.client) => {
+                // Changes may have been missed while cut off: replay before delivering again.
+                return Err("disconnected from NATS".to_string());
+            }
         };
         let entry = match entry {
             Some(Ok(entry)) => entry,
@@ -175,5 +179,17 @@ async fn fence(shared: Arc<Shared>, id: AgentId, state: GateState) {
     let held = gate.is_killed();
     if let Err(e) = setup::set_hold(&shared.objects.intents, &shared.cfg, &id, held).await {
         tracing::warn!(agent = %id, held, error = %e, "could not update the consumer hold");
+    }
+}
+
+/// Resolves when the connection to NATS is lost. async-nats reports no event to a client it
+/// did not create, so this looks at the connection state a few times a second.
+pub(crate) async fn disconnected(client: &async_nats::Client) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        if client.connection_state() != async_nats::connection::State::Connected {
+            return;
+        }
     }
 }

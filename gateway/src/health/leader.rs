@@ -75,10 +75,7 @@ impl Leader {
         }
         let taking_over = !self.leading;
         if taking_over {
-            tracing::info!(
-                agents = judged.len(),
-                "leading health checks from now on"
-            );
+            tracing::info!(agents = judged.len(), "leading health checks from now on");
         }
         self.leading = true;
         for j in judged {

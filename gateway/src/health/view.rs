@@ -357,10 +357,7 @@ mod tests {
         assert_eq!(judge(Some(t0), true, t0, T), HealthState::Killed);
         assert_eq!(judge(None, true, t0, T), HealthState::Killed);
         // A heartbeat stamped after `now` (a racing thread) is not "silent".
-        assert_eq!(
-            judge(Some(t0 + ms(5)), false, t0, T),
-            HealthState::Healthy
-        );
+        assert_eq!(judge(Some(t0 + ms(5)), false, t0, T), HealthState::Healthy);
     }
 
     #[test]
@@ -486,7 +483,10 @@ mod tests {
         view.beat(&a, "new", Some(1.0), t0 + ms(5_000), 0)
             .expect("tracked");
         let j = eval(&view, "A", false, t0 + ms(5_000));
-        assert_eq!(j.instances, 1, "only the new instance beat within unreachable_after");
+        assert_eq!(
+            j.instances, 1,
+            "only the new instance beat within unreachable_after"
+        );
         assert_eq!(view.reported_cost(&a), (MAX_INSTANCES + 1) as f64);
 
         let many = HealthView::default();

@@ -168,6 +168,9 @@ async fn watch_once(shared: &Arc<Shared>) -> Result<(), String> {
         let entry = tokio::select! {
             e = watch.next() => e,
             _ = shared.cancel.cancelled() => return Ok(()),
+            _ = crate::killwatch::disconnected(&shared.client) => {
+                return Err("disconnected from NATS".to_string());
+            }
         };
         let entry = match entry {
             Some(Ok(entry)) => entry,

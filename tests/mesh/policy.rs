@@ -304,3 +304,45 @@ async fn a_malformed_policy_is_reported_and_does_not_lift_the_limit() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn cost_reported_only_in_heartbeats_kills_at_the_ceiling_without_any_intent() {
+    let (server, gw, client) = one_gateway().await;
+    let policy = Policy {
+        max_cost_usd: Some(50.0),
+        ..Default::default()
+    };
+    operator::set_policy(&client, "spender", policy).await;
+    let hb = connect(&server.url()).await;
+    let mut cost = 0.0;
+    // Report $10 more every beat until the gateway kills the agent (bounded: 20 beats).
+    for _ in 0..20 {
+        cost += 10.0;
+        let mut h = HeaderMap::new();
+        h.insert("Mesh-Instance", "s1");
+        h.insert("Mesh-Cost-Total", format!("{cost:.2}").as_str());
+        hb.publish_with_headers("mesh.hb.spender", h, bytes::Bytes::new())
+            .await
+            .expect("heartbeat");
+        hb.flush().await.expect("flush");
+        let killed = tokio::time::timeout(std::time::Duration::from_millis(500), async {
+            loop {
+                if operator::kill_record(&client, "spender").await.is_some() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        if killed.is_ok() {
+            break;
+        }
+    }
+    let kill = operator::kill_record(&client, "spender")
+        .await
+        .expect("killed by policy");
+    assert_eq!(kill.by, "policy:max_cost_usd");
+    assert!(cost > 50.0, "killed at ${cost}, before the ceiling");
+    assert!(cost <= 70.0, "killed only at ${cost}");
+    gw.stop().await;
+}

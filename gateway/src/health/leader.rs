@@ -40,6 +40,8 @@ pub(super) struct Leader {
     written: HashMap<AgentId, Written>,
     /// Log throttle for failed record writes (they are retried at every evaluation).
     write_log: Throttle,
+    /// Reported cost at which each agent's ceilings were last checked.
+    cost_checked: HashMap<AgentId, f64>,
 }
 
 impl Default for Leader {
@@ -48,6 +50,7 @@ impl Default for Leader {
             leading: false,
             written: HashMap::new(),
             write_log: Throttle::new(super::LOG_EVERY),
+            cost_checked: HashMap::new(),
         }
     }
 }
@@ -88,6 +91,52 @@ impl Leader {
             self.write(shared, j, now).await;
             if from != j.state {
                 transition(shared, j, from).await;
+            }
+            if j.cost > 0.0 && j.state != HealthState::Killed {
+                self.check_reported_cost(shared, j).await;
+            }
+        }
+    }
+
+    /// An agent that only reports cost in heartbeats must still hit its ceiling without sending
+    /// another intent: when its reported cost moves, compare it (plus what intents counted)
+    /// with the ceilings, and kill when the policy says so.
+    async fn check_reported_cost(&mut self, shared: &Shared, j: &Judged) {
+        if self.cost_checked.get(&j.id) == Some(&j.cost) {
+            return;
+        }
+        let eff = shared.policies.effective(&j.id);
+        let p = &eff.policy;
+        if p.max_cost_usd.is_none() && p.max_cost_usd_per_day.is_none() {
+            return;
+        }
+        let Ok((day, total)) = shared.budget.cost(&j.id).await else {
+            return; // Counters unreadable: try again at the next evaluation.
+        };
+        self.cost_checked.insert(j.id.clone(), j.cost);
+        let breach = [
+            ("max_cost_usd", p.max_cost_usd, total),
+            ("max_cost_usd_per_day", p.max_cost_usd_per_day, day),
+        ]
+        .into_iter()
+        .find_map(|(rule, ceiling, counted)| {
+            let ceiling = ceiling?;
+            (counted + j.cost > ceiling + 1e-9).then(|| {
+                (
+                    rule,
+                    format!(
+                        "{} reported ${:.2} in heartbeats (plus ${counted:.2} counted from intents) against {rule} = ${ceiling:.2}",
+                        j.id, j.cost
+                    ),
+                )
+            })
+        });
+        if let Some((rule, detail)) = breach {
+            if p.on_breach.unwrap_or_default() == mesh_schemas::OnBreach::Kill {
+                crate::autokill::kill(shared, &j.id, rule, &detail).await;
+            } else {
+                // block and observe act on the agent's next intent, which the budget refuses.
+                tracing::info!(agent = %j.id, rule, detail, "cost ceiling reached by reported cost");
             }
         }
     }

@@ -114,68 +114,46 @@ pub async fn ensure(
         },
     )
     .await?;
-    let kill = ensure_bucket(
-        js,
-        kv::Config {
-            bucket: names.kill_bucket.clone(),
-            description: "Agent Mesh kill flags".to_string(),
-            history: 16,
-            storage: stream::StorageType::File,
-            num_replicas: cfg.replicas,
-            max_value_size: 64 * 1024,
-            ..Default::default()
-        },
-    )
-    .await?;
+    // File storage for every bucket: a memory bucket vanishes when nats-server restarts.
+    let bucket = |name: &str, description: &str, history: i64| kv::Config {
+        bucket: name.to_string(),
+        description: format!("Agent Mesh {description}"),
+        history,
+        storage: stream::StorageType::File,
+        num_replicas: cfg.replicas,
+        max_value_size: 64 * 1024,
+        ..Default::default()
+    };
+    let kill = ensure_bucket(js, bucket(&names.kill_bucket, "kill flags", 16)).await?;
     let gateways = ensure_bucket(
         js,
         kv::Config {
-            bucket: names.gateways_bucket.clone(),
-            description: "Agent Mesh gateway replicas (presence)".to_string(),
-            history: 1,
-            // File, not memory: a memory bucket vanishes when nats-server restarts.
-            storage: stream::StorageType::File,
-            num_replicas: cfg.replicas,
             max_age: Duration::from_secs(60),
-            ..Default::default()
+            ..bucket(&names.gateways_bucket, "gateway replicas (presence)", 1)
         },
     )
     .await?;
     let policy = ensure_bucket(
         js,
-        kv::Config {
-            bucket: names.policy_bucket.clone(),
-            description: "Agent Mesh policies (per agent and _default)".to_string(),
-            history: 16,
-            storage: stream::StorageType::File,
-            num_replicas: cfg.replicas,
-            max_value_size: 64 * 1024,
-            ..Default::default()
-        },
+        bucket(
+            &names.policy_bucket,
+            "policies (per agent and _default)",
+            16,
+        ),
     )
     .await?;
     let counters = ensure_bucket(
         js,
-        kv::Config {
-            bucket: names.counters_bucket.clone(),
-            description: "Agent Mesh policy counters (intents per window, cost)".to_string(),
-            history: 1,
-            storage: stream::StorageType::File,
-            num_replicas: cfg.replicas,
-            ..Default::default()
-        },
+        bucket(
+            &names.counters_bucket,
+            "policy counters (intents per window, cost)",
+            1,
+        ),
     )
     .await?;
     let health = ensure_bucket(
         js,
-        kv::Config {
-            bucket: names.health_bucket.clone(),
-            description: "Agent Mesh agent health (from heartbeats)".to_string(),
-            history: 1,
-            storage: stream::StorageType::File,
-            num_replicas: cfg.replicas,
-            ..Default::default()
-        },
+        bucket(&names.health_bucket, "agent health (from heartbeats)", 1),
     )
     .await?;
     Ok(MeshObjects {

@@ -4,21 +4,12 @@
 use async_nats::HeaderMap;
 use mesh_schemas::AuditKind;
 use mesh_tests::agents::{self, Recorder};
-use mesh_tests::gateways::{wait_live, GatewayTask};
-use mesh_tests::{connect, eventually, init_tracing, operator, NatsServer};
-
-async fn mesh() -> (NatsServer, GatewayTask, async_nats::Client) {
-    init_tracing();
-    let server = NatsServer::start();
-    let gw = GatewayTask::start(&server.url(), "gw1", |_| {}).await;
-    let client = connect(&server.url()).await;
-    wait_live(&client, &["gw1"]).await;
-    (server, gw, client)
-}
+use mesh_tests::gateways::one_gateway;
+use mesh_tests::{connect, eventually, operator};
 
 #[tokio::test]
 async fn an_intent_without_an_action_or_over_the_size_limit_fails_at_the_sender() {
-    let (_server, gw, client) = mesh().await;
+    let (_server, gw, client) = one_gateway().await;
     let js = async_nats::jetstream::new(client.clone());
     let no_action = agents::send_with(&js, "mesh.intent.A.B", HeaderMap::new(), "x").await;
     assert!(
@@ -37,7 +28,7 @@ async fn an_intent_without_an_action_or_over_the_size_limit_fails_at_the_sender(
 
 #[tokio::test]
 async fn bad_ids_and_malformed_headers_are_rejected_400_with_a_record() {
-    let (_server, gw, client) = mesh().await;
+    let (_server, gw, client) = one_gateway().await;
     let js = async_nats::jetstream::new(client.clone());
     let rec = Recorder::default();
     let _b = agents::serve(
@@ -111,7 +102,7 @@ async fn bad_ids_and_malformed_headers_are_rejected_400_with_a_record() {
 
 #[tokio::test]
 async fn a_garbage_kill_record_fails_closed_for_that_agent_and_says_why() {
-    let (_server, gw, client) = mesh().await;
+    let (_server, gw, client) = one_gateway().await;
     let url = client_url(&client);
     let js = async_nats::jetstream::new(client.clone());
     let kv = js.get_key_value("mesh-kill").await.expect("kill bucket");

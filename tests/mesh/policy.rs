@@ -4,17 +4,8 @@
 use async_nats::HeaderMap;
 use mesh_schemas::{AuditKind, OnBreach, Policy};
 use mesh_tests::agents::{self, Recorder};
-use mesh_tests::gateways::{wait_live, GatewayProcess, GatewayTask};
+use mesh_tests::gateways::{one_gateway, wait_live, GatewayProcess};
 use mesh_tests::{connect, eventually, init_tracing, operator, NatsServer};
-
-async fn one_gateway() -> (NatsServer, GatewayTask, async_nats::Client) {
-    init_tracing();
-    let server = NatsServer::start();
-    let gw = GatewayTask::start(&server.url(), "gw1", |_| {}).await;
-    let client = connect(&server.url()).await;
-    wait_live(&client, &["gw1"]).await;
-    (server, gw, client)
-}
 
 fn caps(cap: u64, on_breach: OnBreach) -> Policy {
     Policy {

@@ -25,6 +25,16 @@ pub fn test_config(url: &str, id: &str) -> GatewayConfig {
     }
 }
 
+/// A fresh nats-server with one in-process replica `gw1`, live, and a client.
+pub async fn one_gateway() -> (crate::NatsServer, GatewayTask, async_nats::Client) {
+    crate::init_tracing();
+    let server = crate::NatsServer::start();
+    let gw = GatewayTask::start(&server.url(), "gw1", |_| {}).await;
+    let client = crate::connect(&server.url()).await;
+    wait_live(&client, &["gw1"]).await;
+    (server, gw, client)
+}
+
 /// A replica running as a task of the test process.
 pub struct GatewayTask {
     pub id: String,

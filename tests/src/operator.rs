@@ -48,24 +48,10 @@ async fn set(client: &async_nats::Client, agent: &str, record: KillRecord) -> Fe
     mesh_gateway::setup::set_hold(&objects.intents, &cfg, &id, want == KillState::Killed)
         .await
         .expect("hold consumer");
-    let live: HashSet<String> = crate::gateways::live_gateways(&objects.gateways)
-        .await
-        .into_iter()
-        .collect();
-    let mut confirmed = HashSet::new();
-    while !live.is_subset(&confirmed) {
-        let msg = tokio::time::timeout(crate::DEADLINE, acks.next())
-            .await
-            .expect("fence acks within the deadline")
-            .expect("fence subscription open");
-        let ack: FenceAck = decode(&msg.payload).expect("fence ack decodes");
-        if ack.revision >= revision && ack.state == want {
-            confirmed.insert(ack.gateway);
-        }
-    }
+    let live = confirmed_by_all(&objects.gateways, &mut acks, revision, Some(want)).await;
     Fenced {
         revision,
-        replicas: live.len(),
+        replicas: live,
         took: started.elapsed(),
     }
 }
@@ -113,7 +99,18 @@ pub async fn set_policy(client: &async_nats::Client, key: &str, policy: mesh_sch
         .await
         .expect("put policy");
     // Wait until every live replica applies it.
-    let live: HashSet<String> = crate::gateways::live_gateways(&objects.gateways)
+    confirmed_by_all(&objects.gateways, &mut acks, revision, None).await;
+}
+
+/// Waits until every live replica acked `revision` (in `state`, when given) on `acks`;
+/// returns how many replicas were live.
+async fn confirmed_by_all(
+    gateways: &async_nats::jetstream::kv::Store,
+    acks: &mut async_nats::Subscriber,
+    revision: u64,
+    state: Option<KillState>,
+) -> usize {
+    let live: HashSet<String> = crate::gateways::live_gateways(gateways)
         .await
         .into_iter()
         .collect();
@@ -121,13 +118,14 @@ pub async fn set_policy(client: &async_nats::Client, key: &str, policy: mesh_sch
     while !live.is_subset(&confirmed) {
         let msg = tokio::time::timeout(crate::DEADLINE, acks.next())
             .await
-            .expect("policy acks within the deadline")
+            .expect("confirmations within the deadline")
             .expect("subscription open");
         let ack: FenceAck = decode(&msg.payload).expect("ack decodes");
-        if ack.revision >= revision {
+        if ack.revision >= revision && state.is_none_or(|s| s == ack.state) {
             confirmed.insert(ack.gateway);
         }
     }
+    live.len()
 }
 
 /// The current kill record of `agent`, if any.

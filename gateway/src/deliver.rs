@@ -53,17 +53,17 @@ pub async fn deliver(
     let mut attempt = item.delivered.max(1);
     let mut backoff = Duration::from_millis(50);
     let mut last_progress = Instant::now();
-    let mut ready = shared.gates.ready_rx();
-    let mut from_rx = from.subscribe();
-    let mut to_rx = to.subscribe();
+    // Watch receivers are made only on the slow paths: most deliveries never wait.
     loop {
         if shared.cancel.is_cancelled() {
             return Outcome::HandBack(Box::new(item));
         }
         // Fail closed: without a known kill state nothing is delivered.
-        if !*ready.borrow_and_update() {
+        if !shared.gates.is_ready() {
+            let mut ready = shared.gates.ready_rx();
+            let mut to_rx = to.subscribe();
             tokio::select! {
-                _ = ready.changed() => {}
+                _ = ready.wait_for(|r| *r) => {}
                 _ = to_rx.changed() => {}
                 _ = shared.cancel.cancelled() => {}
             }
@@ -84,7 +84,7 @@ pub async fn deliver(
                     "sender {} is killed: {reason}",
                     item.from
                 ))),
-                None => admit(&shared, &item, &mut from_rx).await,
+                None => admit(&shared, &item, &from).await,
             };
             match verdict {
                 Verdict::Deliver => {
@@ -147,6 +147,7 @@ pub async fn deliver(
             let _ = item.msg.ack_with(AckKind::Progress).await;
             last_progress = Instant::now();
         }
+        let (mut from_rx, mut to_rx) = (from.subscribe(), to.subscribe());
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = to_rx.changed() => {}
@@ -178,11 +179,7 @@ enum Verdict {
 
 /// Runs the policy checks once per intent: allowed actions, the sender's rate (waits), then its
 /// caps and ceilings (counted mesh-wide before delivery).
-async fn admit(
-    shared: &Shared,
-    item: &Item,
-    from_rx: &mut tokio::sync::watch::Receiver<GateState>,
-) -> Verdict {
+async fn admit(shared: &Shared, item: &Item, from: &Gate) -> Verdict {
     use crate::policy::actions;
     use mesh_schemas::OnBreach;
 
@@ -202,6 +199,10 @@ async fn admit(
             shared.live_replicas(),
         );
         // Throttle by waiting: the sender's queue does not advance, nothing is dropped.
+        let mut from_rx = from.subscribe();
+        if from.is_killed() {
+            return Verdict::Recheck;
+        }
         tokio::select! {
             _ = limiter.until_ready() => {}
             _ = from_rx.changed() => return Verdict::Recheck,
@@ -240,6 +241,10 @@ async fn admit(
 /// Records what an `observe` policy would have done, once per agent, rule and hour.
 async fn observe(shared: &Shared, from: &AgentId, rule: &str, detail: &str) {
     let hour = mesh_schemas::now_unix_ms() / 3_600_000;
+    let dedup = format!("observe-{from}-{rule}-{hour}");
+    if !shared.budget.first_observation(dedup.clone()).await {
+        return;
+    }
     let mut event = mesh_schemas::AuditEvent::new(
         mesh_schemas::AuditKind::Observe,
         from.as_str(),
@@ -247,11 +252,7 @@ async fn observe(shared: &Shared, from: &AgentId, rule: &str, detail: &str) {
         format!("observe: would have acted on {rule}: {detail}"),
     );
     event.detail = Some(format!("rule={rule}"));
-    if let Err(e) = shared
-        .rejector
-        .audit(&event, &format!("observe-{from}-{rule}-{hour}"))
-        .await
-    {
+    if let Err(e) = shared.rejector.audit(&event, &dedup).await {
         tracing::warn!(error = %e, "could not record an observation");
     }
 }

@@ -125,16 +125,25 @@ async fn run(shared: Arc<Shared>, to: AgentId) {
     };
     // Deliveries a stopped replica left unacknowledged come back only after the ack wait; start
     // after them so that they are not overtaken by newer intents of the same sender.
+    let mut state = gate.subscribe();
     if let Ok(info) = consumer.get_info().await {
         if info.num_ack_pending > 0 && !info.paused {
             tracing::info!(%to, unacked = info.num_ack_pending, "waiting for unacknowledged deliveries of another replica to return");
-            if pause(&shared, shared.cfg.ack_wait + Duration::from_secs(1)).await {
-                return;
+            let until = tokio::time::Instant::now() + shared.cfg.ack_wait + Duration::from_secs(1);
+            // Holding nothing yet, this worker confirms kills at once while it waits.
+            loop {
+                if let GateState::Killed { revision, .. } = *state.borrow_and_update() {
+                    gate.mark_drained(revision);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => break,
+                    changed = state.changed() => if changed.is_err() { return },
+                    _ = shared.cancel.cancelled() => return,
+                }
             }
         }
     }
     // Do not open a subscription while killed: the consumer may not be paused yet.
-    let mut state = gate.subscribe();
     loop {
         let current = state.borrow_and_update().clone();
         if let GateState::Killed { revision, .. } = current {

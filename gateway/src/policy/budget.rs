@@ -38,6 +38,8 @@ pub struct Budget {
     kv: kv::Store,
     /// Intents claimed from KV and not used yet, by counter key.
     reserved: Mutex<HashMap<String, u64>>,
+    /// Observations already recorded (agent, rule, window).
+    observed: Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Budget {
@@ -93,6 +95,7 @@ impl Budget {
         Budget {
             kv,
             reserved: Mutex::new(HashMap::new()),
+            observed: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -152,15 +155,24 @@ impl Budget {
                 }));
             }
         }
-        if cost > 0.0 {
+        // With any cost ceiling set, count both (status shows cost today and in total).
+        if cost > 0.0 && ceilings.iter().any(|(_, _, c)| c.is_some()) {
             let micros = (cost * MICRO).round() as u64;
-            for (_, key, ceiling) in ceilings {
-                if ceiling.is_some() {
-                    self.add(key, micros).await?;
-                }
+            for (_, key, _) in ceilings {
+                self.add(key, micros).await?;
             }
         }
         Ok(Ok(()))
+    }
+
+    /// Whether `key` (agent, rule, window) is observed for the first time by this replica:
+    /// an `observe` breach is recorded once per window, not for every intent.
+    pub async fn first_observation(&self, key: String) -> bool {
+        let mut seen = self.observed.lock().await;
+        if seen.len() > 65_536 {
+            seen.clear();
+        }
+        seen.insert(key)
     }
 
     /// Drops this replica's unused blocks of `id` (on resume, when its counters are reset).

@@ -1,5 +1,5 @@
 //! Client library for Rust agents on Agent Mesh: send intents, serve an inbox, dedupe
-//! redeliveries, and hear about rejections and kills.
+//! redeliveries, hear about rejections and kills, and send heartbeats with cost reports.
 //!
 //! An agent never talks to another agent directly. It publishes intents into JetStream
 //! (`<prefix>.intent.<me>.<to>.<action>`); the gateway decides whether and when each one is
@@ -26,6 +26,33 @@
 //! # }
 //! ```
 //!
+//! # Heartbeats and cost
+//!
+//! Each instance should run [`Agent::heartbeat`]: the gateways judge the agent's health
+//! (`healthy`, `degraded`, `unreachable`) from it and count how many instances are alive.
+//!
+//! An agent reports what it spends in one of two ways, and the gateways add the two together
+//! against the cost ceilings of its policy (`max_cost_usd`, `max_cost_usd_per_day`):
+//!
+//! - per intent: [`SendOptions::cost_usd`] sets `Mesh-Cost` on the intent, counted before the
+//!   intent is delivered (an intent that would cross a ceiling is not delivered);
+//! - cumulatively: [`Heartbeat::report_cost`] adds to the total that every heartbeat carries in
+//!   `Mesh-Cost-Total`, for spending that is not tied to one intent (model calls, say).
+//!
+//! Report each cost once, through one of the two; a cost reported both ways counts twice.
+//!
+//! ```no_run
+//! # async fn demo(me: mesh_agent::Agent) -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//!
+//! let heartbeat = me.heartbeat("pod-7", Duration::from_secs(5));
+//! heartbeat.report_cost(0.02)?; // a model call, say
+//! // ... work ...
+//! heartbeat.stop().await; // or drop it
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Layout
 //!
 //! - `lib.rs`: [`Agent`], the handle: a NATS client, the agent's id and the mesh's names.
@@ -36,17 +63,21 @@
 //! - `dedupe.rs`: the bounded memory of recently acknowledged and in-progress intent ids.
 //! - `notices.rs`: [`Agent::rejections`] and [`Agent::control`]: streams of [`Rejection`] and
 //!   [`ControlNotice`] for the agent.
+//! - `heartbeat.rs`: [`Agent::heartbeat`]: a background task publishing `<prefix>.hb.<me>` with
+//!   the instance id and the cumulative cost; [`Heartbeat`] is its handle.
 //! - `roundtrip.rs`: makes sure the server has registered a new subscription before the
 //!   subscribing call returns.
 
 #![forbid(unsafe_code)]
 
 mod dedupe;
+mod heartbeat;
 mod inbox;
 mod notices;
 mod roundtrip;
 mod send;
 
+pub use heartbeat::{Heartbeat, InvalidCost, MAX_INSTANCE_LEN, MIN_HEARTBEAT_INTERVAL};
 pub use inbox::{AckError, Delivery, Inbox, ServeError, ServeOptions, DEFAULT_DEDUPE_CAPACITY};
 pub use mesh_schemas::{AgentId, ControlNotice, KillState, MeshNames};
 pub use notices::{ControlNotices, NoticeError, Rejection, Rejections};

@@ -7,10 +7,10 @@ use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::StreamExt;
-use mesh_agent::{Agent, AgentId, SendError, SendOptions};
+use mesh_agent::{Agent, AgentId, InvalidCost, SendError, SendOptions};
 use mesh_schemas::headers::{
-    MESH_ACTION, MESH_ATTEMPT, MESH_COST, MESH_FROM, MESH_INTENT_ID, MESH_REASON, MESH_STATUS,
-    NATS_MSG_ID,
+    MESH_ACTION, MESH_ATTEMPT, MESH_COST, MESH_COST_TOTAL, MESH_FROM, MESH_INSTANCE,
+    MESH_INTENT_ID, MESH_REASON, MESH_STATUS, NATS_MSG_ID,
 };
 use mesh_schemas::{ControlNotice, KillRecord, KillState, MeshNames, RejectionNotice};
 use mesh_testkit::NatsServer;
@@ -277,4 +277,101 @@ async fn rejections_and_control_notices_reach_the_agent() {
         .expect("notice");
     assert_eq!(c.state, KillState::Killed);
     assert_eq!(c.reason, "deployed 47 of 3");
+}
+
+/// The instance and the cost total of one heartbeat.
+fn beat_of(msg: &async_nats::Message) -> (String, f64) {
+    let h = msg.headers.as_ref().expect("a heartbeat has headers");
+    let instance = h
+        .get(MESH_INSTANCE)
+        .map(|v| v.as_str().to_string())
+        .expect("Mesh-Instance");
+    let total = h
+        .get(MESH_COST_TOTAL)
+        .map(|v| v.as_str().to_string())
+        .expect("Mesh-Cost-Total");
+    let total = mesh_schemas::headers::parse_cost(&total).expect("a plain decimal");
+    (instance, total)
+}
+
+#[tokio::test]
+async fn heartbeats_carry_the_instance_and_the_cumulative_cost_until_stopped() {
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let watcher = async_nats::connect(server.url()).await.expect("connect");
+    let mut beats = watcher.subscribe("mesh.hb.deployer").await.expect("sub");
+    watcher.flush().await.expect("flush");
+    // Let the server register the subscription before anything is published.
+    let _ = watcher.request("$JS.API.INFO", "".into()).await;
+
+    let deployer = Agent::new(client, id("deployer"));
+    let every = Duration::from_millis(50);
+    let one = deployer.heartbeat("pod-1", every);
+    let two = deployer.heartbeat("pod-2", every);
+    assert_eq!(one.instance(), "pod-1");
+
+    // The first heartbeats come at once, with nothing reported yet.
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 2 {
+        let msg = within("first heartbeats", beats.next())
+            .await
+            .expect("beat");
+        let (instance, total) = beat_of(&msg);
+        assert!(msg.payload.is_empty());
+        assert_eq!(total, 0.0, "{instance}");
+        seen.insert(instance);
+    }
+    assert!(seen.contains("pod-1") && seen.contains("pod-2"));
+
+    // Reports add up per instance; a bad amount is refused and changes nothing.
+    assert_eq!(one.report_cost(0.25), Ok(0.25));
+    assert_eq!(one.report_cost(0.5), Ok(0.75));
+    assert_eq!(one.report_cost(-1.0), Err(InvalidCost(-1.0)));
+    assert!(one.report_cost(f64::NAN).is_err());
+    assert!(one.report_cost(f64::INFINITY).is_err());
+    assert_eq!(one.cost_total(), 0.75);
+    assert_eq!(two.report_cost(2.0), Ok(2.0));
+    let mut totals = std::collections::HashMap::new();
+    within("the totals on the heartbeats", async {
+        while totals.get("pod-1") != Some(&0.75) || totals.get("pod-2") != Some(&2.0) {
+            let (instance, total) = beat_of(&beats.next().await.expect("beat"));
+            totals.insert(instance, total);
+        }
+    })
+    .await;
+
+    // Concurrent reports from many tasks are all counted.
+    let one = std::sync::Arc::new(one);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let one = one.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..100 {
+                one.report_cost(0.125).expect("valid");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    assert_eq!(one.cost_total(), 0.75 + 100.0);
+
+    // Dropping one handle and stopping the other: a last heartbeat with the final total each,
+    // then silence.
+    drop(std::sync::Arc::try_unwrap(one).expect("the only handle"));
+    two.report_cost(1.0).expect("valid");
+    two.stop().await;
+    let mut last = std::collections::HashMap::new();
+    loop {
+        match tokio::time::timeout(every * 6, beats.next()).await {
+            Ok(Some(msg)) => {
+                let (instance, total) = beat_of(&msg);
+                last.insert(instance, total);
+            }
+            Ok(None) => panic!("subscription ended"),
+            Err(_) => break, // silence
+        }
+    }
+    assert_eq!(last.get("pod-1"), Some(&100.75), "{last:?}");
+    assert_eq!(last.get("pod-2"), Some(&3.0), "{last:?}");
 }

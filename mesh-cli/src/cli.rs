@@ -13,9 +13,9 @@ Connection and names come from, in order: defaults, --config FILE (or MESH_CONFI
 environment variables (MESH_NATS_URL, MESH_NATS_CREDS, MESH_FENCE_TIMEOUT, MESH_NAMES__PREFIX,
 ...), then flags. MESH_JSON=1 is --json; MESH_LOG (or RUST_LOG) sets the log filter.
 
-Exit codes: 0 ok, 1 failure, 2 bad usage or configuration, 3 kill or resume written but not
-confirmed by every live gateway replica in time, 130 interrupted (Ctrl-C or SIGTERM) before the
-command finished; `tail` and `up` exit 0 when stopped that way.";
+Exit codes: 0 ok, 1 failure, 2 bad usage, configuration or policy value, 3 kill, resume or
+policy change written but not confirmed by every live gateway replica in time, 130 interrupted
+(Ctrl-C or SIGTERM) before the command finished; `tail` and `up` exit 0 when stopped that way.";
 
 /// mesh-cli: the operator's tool for Agent Mesh.
 #[derive(Debug, Parser)]
@@ -52,8 +52,12 @@ pub enum Command {
     Kill(cmd::kill::Args),
     /// Resume a killed agent: the intents held for it are delivered in order.
     Resume(cmd::resume::Args),
-    /// Agents (state, pending, rejected) and gateway replicas.
+    /// Agents (state, health, instances, cost, intents, pending, rejected) and gateway
+    /// replicas.
     Status(cmd::status::Args),
+    /// Set, show or remove an agent's policy or the mesh-wide default: rates, caps, cost
+    /// ceilings, allowed actions, health thresholds.
+    Policy(cmd::policy::Args),
     /// Read the audit trail: kills, resumes, rejections, ...
     Audit(cmd::audit::Args),
     /// Follow the audit trail live.
@@ -70,6 +74,7 @@ impl Command {
         match self {
             Command::Kill(a) => a.timeout,
             Command::Resume(a) => a.timeout,
+            Command::Policy(a) => cmd::policy::timeout(a),
             _ => None,
         }
     }
@@ -80,6 +85,7 @@ impl Command {
             Command::Kill(_) => "kill",
             Command::Resume(_) => "resume",
             Command::Status(_) => "status",
+            Command::Policy(_) => "policy",
             Command::Audit(_) => "audit",
             Command::Tail(_) => "tail",
             Command::Up(_) => "up",

@@ -15,7 +15,8 @@ pub mod exit {
     pub const FAILURE: i32 = 1;
     /// Bad usage: unknown command, bad flag or argument, bad configuration.
     pub const USAGE: i32 = 2;
-    /// A kill or resume is written, but not every live gateway replica confirmed it in time.
+    /// A kill, resume or policy change is written, but not every live gateway replica
+    /// confirmed it in time.
     pub const UNCONFIRMED: i32 = 3;
     /// Stopped by Ctrl-C or SIGTERM before it finished (128 + SIGINT, as shells report it).
     pub const INTERRUPTED: i32 = 130;
@@ -59,6 +60,30 @@ pub enum CliError {
         missing: Vec<String>,
         timeout: std::time::Duration,
     },
+    /// A policy that `Policy::validate` refuses; nothing was written.
+    #[error(
+        "invalid policy for {key}: {source} (flag --{flag}); nothing was written",
+        flag = source.field.replace('_', "-")
+    )]
+    InvalidPolicy {
+        key: String,
+        #[source]
+        source: mesh_schemas::PolicyError,
+    },
+    #[error(
+        "the policy of {key} is written, but {missing} of {live} live gateway replicas did not \
+         confirm applying it within {timeout}: {names}; they apply it from their watch when \
+         they can (check them with `mesh-cli status`)",
+        missing = missing.len(),
+        names = missing.join(", "),
+        timeout = humantime::format_duration(*timeout)
+    )]
+    PolicyUnconfirmed {
+        key: String,
+        live: usize,
+        missing: Vec<String>,
+        timeout: std::time::Duration,
+    },
     #[error(transparent)]
     Local(#[from] LocalError),
     #[error("could not write the output")]
@@ -87,8 +112,10 @@ impl CliError {
     /// The exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            CliError::Usage(_) | CliError::Config(_) => exit::USAGE,
-            CliError::Unconfirmed { .. } => exit::UNCONFIRMED,
+            CliError::Usage(_) | CliError::Config(_) | CliError::InvalidPolicy { .. } => {
+                exit::USAGE
+            }
+            CliError::Unconfirmed { .. } | CliError::PolicyUnconfirmed { .. } => exit::UNCONFIRMED,
             CliError::Interrupted(_) => exit::INTERRUPTED,
             _ if self.is_broken_pipe() => exit::OK,
             _ => exit::FAILURE,

@@ -47,7 +47,9 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// The details a table shows in one column: `pending=12 replicas=2 fence=3.1ms`.
+    /// The details a table shows in one column: `pending=12 replicas=2 fence=3.1ms`, then the
+    /// event's free-form `detail` (a policy change's `{"from": …, "to": …}`, an automatic kill's
+    /// rule).
     pub fn details(&self) -> String {
         let e = &self.event;
         let mut parts = Vec::new();
@@ -68,6 +70,9 @@ impl Entry {
         }
         if let Some(s) = &e.subject {
             parts.push(format!("subject={s}"));
+        }
+        if let Some(d) = e.detail.as_deref().filter(|d| !d.is_empty()) {
+            parts.push(d.to_string());
         }
         parts.join(" ")
     }

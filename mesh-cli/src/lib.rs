@@ -1,5 +1,5 @@
-//! mesh-cli: the operator's tool for Agent Mesh. Kill and resume agents, see their state and
-//! the audit trail, and run a local mesh.
+//! mesh-cli: the operator's tool for Agent Mesh. Kill and resume agents, set their policies, see
+//! their state, health and the audit trail, and run a local mesh.
 //!
 //! The binary only parses the command line, starts logging and calls [`run`]; every command is
 //! library code, so tests call it with their own environment map and shutdown future.
@@ -11,13 +11,18 @@
 //! - [`connect`]: connecting with a deadline and an error that names the URL.
 //! - [`mesh`]: [`mesh::Mesh`], a connected session, and lookups of the mesh's streams and buckets.
 //! - [`switch`]: the kill switch flow shared by `kill` and `resume` (flag, hold, fence, notice,
-//!   audit).
+//!   audit; a resume also resets the policy counters).
+//! - [`policies`]: policies in KV: read, change with compare-and-set, wait for the replicas,
+//!   record the change (from, to) in the audit trail.
+//! - [`counters`]: the mesh-wide policy counters of an agent (read for `status`, reset on
+//!   `resume`).
 //! - [`fence`]: live gateway replicas and waiting for their confirmations.
 //! - [`events`]: reading audit events from the audit stream (history and live).
 //! - [`local`]: finding and running nats-server and mesh-gateway processes for `up`.
 //! - [`output`]: tables for people, JSON for scripts.
 //! - [`error`]: [`CliError`], exit codes, and the one-line error report.
-//! - [`cmd`]: one module per command: `kill`, `resume`, `status`, `audit`, `tail`, `up`, `demo`.
+//! - [`cmd`]: one module per command: `kill`, `resume`, `status`, `policy`, `audit`, `tail`,
+//!   `up`, `demo`.
 
 #![forbid(unsafe_code)]
 
@@ -25,12 +30,14 @@ pub mod cli;
 pub mod cmd;
 pub mod config;
 pub mod connect;
+pub mod counters;
 pub mod error;
 pub mod events;
 pub mod fence;
 pub mod local;
 pub mod mesh;
 pub mod output;
+pub mod policies;
 pub mod switch;
 
 use std::collections::HashMap;
@@ -109,6 +116,7 @@ pub async fn run(
                     Command::Kill(args) => cmd::kill::run(args, &mut ctx).await,
                     Command::Resume(args) => cmd::resume::run(args, &mut ctx).await,
                     Command::Status(args) => cmd::status::run(args, &mut ctx).await,
+                    Command::Policy(args) => cmd::policy::run(args, &mut ctx).await,
                     Command::Audit(args) => cmd::audit::run(args, &mut ctx).await,
                     _ => Ok(()),
                 }

@@ -1,5 +1,7 @@
 //! The kill switch itself, shared by `kill` and `resume`: write the flag, set the hold, fence
-//! every live gateway replica, tell the agent, record it in the audit trail.
+//! every live gateway replica, tell the agent, record it in the audit trail. A resume also resets
+//! the agent's policy counters first (hourly and daily counts, counted cost), so that an agent
+//! killed for crossing a cap does not cross it again the moment it is resumed.
 //!
 //! The order matters. The fence subscription exists before the flag is written, so that no
 //! confirmation can be missed (the server handles one connection's protocol in order, so the
@@ -48,6 +50,9 @@ pub struct Outcome {
     pub replicas: Fence,
     /// Inbound intents waiting for the agent (pending plus unacknowledged), when readable.
     pub pending: Option<u64>,
+    /// Policy counters reset (resume only): keys removed from the counters bucket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counters_reset: Option<u64>,
 }
 
 impl Switch {
@@ -55,6 +60,13 @@ impl Switch {
     pub async fn apply(&self, mesh: &Mesh) -> Result<Outcome, CliError> {
         let killed = self.state == KillState::Killed;
         let objects = mesh.ensure().await?;
+        // Before the flag: once a replica sees the resume it checks the caps again, and must
+        // find them reset.
+        let counters_reset = if killed {
+            None
+        } else {
+            Some(crate::counters::reset(mesh, &self.agent).await?)
+        };
         let fenced_subject = mesh.subjects.fenced(&self.agent);
         let mut acks = mesh
             .client
@@ -107,7 +119,8 @@ impl Switch {
 
         self.notify(mesh, &record).await;
         let pending = pending(mesh, &objects.intents, &self.agent).await;
-        self.audit(mesh, revision, &fence, pending).await?;
+        self.audit(mesh, revision, &fence, pending, counters_reset)
+            .await?;
 
         Ok(Outcome {
             agent: self.agent.clone(),
@@ -118,6 +131,7 @@ impl Switch {
             confirmed: fence.complete(),
             replicas: fence,
             pending,
+            counters_reset,
         })
     }
 
@@ -145,6 +159,7 @@ impl Switch {
         revision: u64,
         fence: &Fence,
         pending: Option<u64>,
+        counters_reset: Option<u64>,
     ) -> Result<(), CliError> {
         let kind = if self.state == KillState::Killed {
             AuditKind::Kill
@@ -155,6 +170,7 @@ impl Switch {
         event.pending = pending;
         event.replicas = Some(u32::try_from(fence.confirmed.len()).unwrap_or(u32::MAX));
         event.fence_ms = Some(fence::ms(fence.elapsed));
+        event.detail = counters_reset.map(|n| format!("counters_reset={n}"));
         let bytes = mesh_schemas::encode(&event)
             .map_err(|e| CliError::nats("could not encode the audit event", e))?;
         let mut headers = HeaderMap::new();
@@ -220,7 +236,11 @@ impl Outcome {
                 format!("{n} waiting {} now delivered in order", plural(n, "intent"))
             }
         };
-        format!("{verb} {}: {replicas}; {pending}", self.agent)
+        let counters = match self.counters_reset {
+            Some(n) if n > 0 => format!("; {n} policy {} reset", plural(n, "counter")),
+            _ => String::new(),
+        };
+        format!("{verb} {}: {replicas}; {pending}{counters}", self.agent)
     }
 }
 

@@ -16,7 +16,8 @@ pub struct Args {
     /// Only events about this agent.
     #[arg(long, value_parser = super::agent_id)]
     pub agent: Option<AgentId>,
-    /// Only events of this kind: kill, resume, autokill, policy, reject, stale, gateway.
+    /// Only events of this kind: kill, resume, autokill, policy, observe, health, reject, stale,
+    /// gateway.
     #[arg(long, value_parser = kind)]
     pub kind: Option<String>,
     /// Only events from this long ago on (e.g. 90s, 1h, 2d); all when absent.
@@ -31,7 +32,8 @@ pub struct Args {
 pub fn kind(s: &str) -> Result<String, String> {
     AgentId::new(s).map(String::from).map_err(|_| {
         format!(
-            "{s:?} is not an event kind (kill, resume, autokill, policy, reject, stale, gateway)"
+            "{s:?} is not an event kind (kill, resume, autokill, policy, observe, health, reject, \
+             stale, gateway)"
         )
     })
 }

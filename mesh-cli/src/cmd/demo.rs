@@ -1,7 +1,10 @@
-//! `mesh-cli demo`: the rogue-agent scenario (contract §8, steps 1–5), end to end, on a local
+//! `mesh-cli demo`: the rogue-agent scenario (contract §8, steps 1–6), end to end, on a local
 //! mesh it starts itself: one nats-server, two `mesh-gateway` processes, a deployer running as
-//! four instances, a planner that sends it work and an infra agent it floods. Narrates each step
-//! with the numbers it measured, checks the mesh's promises, and exits non-zero if one fails.
+//! four instances (with heartbeats), a planner that sends it work and an infra agent it floods.
+//! Narrates each step with the numbers it measured, checks the mesh's promises, and exits
+//! non-zero if one fails. Step 6, the automatic kill by policy, is in [`autokill`].
+
+mod autokill;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,6 +29,9 @@ pub struct Args {
     /// Intents the planner sends the deployer while it is killed.
     #[arg(long, default_value_t = 50)]
     held: u64,
+    /// The deployer's `max_intents_per_hour` in step 6.
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    cap: u64,
 }
 
 /// What the agents saw, shared by their tasks.
@@ -38,6 +44,8 @@ struct Counts {
     seen: Mutex<std::collections::HashSet<String>>,
     to_deployer: AtomicU64,
     infra_from_deployer: AtomicU64,
+    /// When infra last received an intent from the deployer, ms since the epoch.
+    infra_from_deployer_at_ms: AtomicU64,
     rogue_sent: AtomicU64,
     rejected: AtomicU64,
 }
@@ -168,8 +176,10 @@ async fn scenario(args: &Args, ctx: &mut Ctx, mesh: &Mesh) -> Result<(), CliErro
         "\n1. deployer runs as 4 instances; it starts deploying far more services than asked",
     )?;
     let mut tasks = Vec::new();
+    let mut heartbeats = Vec::new();
     for i in 0..4 {
         let agent = Agent::new(connect().await?, id("deployer"));
+        heartbeats.push(agent.heartbeat(format!("deployer-{i}"), HEARTBEAT_EVERY));
         let mut inbox = agent
             .serve()
             .await
@@ -201,6 +211,7 @@ async fn scenario(args: &Args, ctx: &mut Ctx, mesh: &Mesh) -> Result<(), CliErro
         }));
     }
     let infra = Agent::new(connect().await?, id("infra"));
+    heartbeats.push(infra.heartbeat("infra-0", HEARTBEAT_EVERY));
     let mut infra_inbox = infra
         .serve()
         .await
@@ -211,6 +222,9 @@ async fn scenario(args: &Args, ctx: &mut Ctx, mesh: &Mesh) -> Result<(), CliErro
             while let Some(d) = infra_inbox.next().await {
                 if d.from.as_str() == "deployer" {
                     counts.infra_from_deployer.fetch_add(1, Ordering::SeqCst);
+                    counts
+                        .infra_from_deployer_at_ms
+                        .store(mesh_schemas::now_unix_ms(), Ordering::SeqCst);
                 }
                 let _ = d.ack().await;
             }
@@ -248,6 +262,7 @@ async fn scenario(args: &Args, ctx: &mut Ctx, mesh: &Mesh) -> Result<(), CliErro
         }));
     }
     let planner = Agent::new(connect().await?, id("planner"));
+    heartbeats.push(planner.heartbeat("planner-0", HEARTBEAT_EVERY));
     let deployer = id("deployer");
     let mut planned = 0u64;
     for _ in 0..20 {
@@ -337,17 +352,7 @@ async fn scenario(args: &Args, ctx: &mut Ctx, mesh: &Mesh) -> Result<(), CliErro
         ),
     )?;
     for a in &status.agents {
-        say(
-            ctx,
-            &format!(
-                "   {:<10} {:<8} pending {:<5} rejected {:<5} {}",
-                a.agent,
-                a.state,
-                a.pending.map_or("-".into(), |p| p.to_string()),
-                a.rejected,
-                a.reason
-            ),
-        )?;
+        say(ctx, &format!("   {}", status_line(a)))?;
     }
     let filter = Filter {
         agent: Some(deployer.clone()),
@@ -404,10 +409,35 @@ async fn scenario(args: &Args, ctx: &mut Ctx, mesh: &Mesh) -> Result<(), CliErro
             per_instance
         ),
     )?;
+
+    // Step 6: a policy kills the deployer on its own when it misbehaves again.
+    let step6 = autokill::run(args, ctx, mesh, &counts).await;
     for t in tasks {
         t.abort();
     }
-    Ok(())
+    for h in heartbeats {
+        h.stop().await;
+    }
+    step6
+}
+
+/// How often the demo's agent instances send heartbeats.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
+/// One agent's line of `mesh-cli status`, for the narration.
+fn status_line(a: &super::status::AgentStatus) -> String {
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".to_string());
+    format!(
+        "{:<9} {:<7} health {:<8} instances {:<2} pending {:<4} rejected {:<4} intents this hour {:<4} {}",
+        a.agent,
+        a.state,
+        a.health,
+        opt(a.instances.map(|n| n.to_string())),
+        opt(a.pending.map(|p| p.to_string())),
+        a.rejected,
+        opt(a.intents_this_hour.map(|n| n.to_string())),
+        a.reason
+    )
 }
 
 async fn send_plan(planner: &Agent, deployer: &AgentId, n: u64) -> Result<(), CliError> {

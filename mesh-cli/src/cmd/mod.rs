@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod demo;
 pub mod kill;
+pub mod policy;
 pub mod resume;
 pub mod status;
 pub mod tail;

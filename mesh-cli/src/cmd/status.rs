@@ -1,11 +1,12 @@
-//! `mesh-cli status`: every known agent (a kill-flag key or an inbound consumer `in_<id>`) with
-//! its state, the intents waiting for it and how many of its intents were rejected; then the
+//! `mesh-cli status`: every known agent (a kill-flag key, an inbound consumer `in_<id>` or a
+//! health record) with its state, health, live instances, last heartbeat, cost today, intents
+//! this hour, the intents waiting for it and how many of its intents were rejected; then the
 //! gateway replicas. Reads only; creates nothing.
 
 use std::collections::BTreeMap;
 
 use futures::TryStreamExt;
-use mesh_schemas::{AgentId, KillRecord, KillState};
+use mesh_schemas::{AgentId, HealthRecord, HealthState, KillRecord, KillState};
 use serde::Serialize;
 
 use crate::error::CliError;
@@ -36,6 +37,28 @@ pub struct AgentStatus {
     pub pending: Option<u64>,
     /// Rejections of the agent's intents in the audit trail.
     pub rejected: u64,
+    /// `healthy`, `degraded`, `unreachable`, `killed` (the kill flag says so) or `unknown`
+    /// (no health record: never heard from, or not since the last resume).
+    pub health: String,
+    /// Instances heard from within `unreachable_after`, from the health record.
+    pub instances: Option<u32>,
+    /// The last heartbeat of any instance, from the health record.
+    pub last_heartbeat_unix_ms: Option<u64>,
+    /// When the leading gateway replica last wrote the health record.
+    pub health_at_unix_ms: Option<u64>,
+    /// Cost today: `cost_counted_today_usd` plus `cost_reported_usd`.
+    pub cost_today_usd: Option<f64>,
+    /// `Mesh-Cost` of the agent's intents counted today (UTC), while it has a cost ceiling.
+    pub cost_counted_today_usd: Option<f64>,
+    /// `Mesh-Cost` counted since the counters were last reset (by resume).
+    pub cost_counted_total_usd: Option<f64>,
+    /// Cost its instances reported on heartbeats (`Mesh-Cost-Total`), from the health record.
+    pub cost_reported_usd: Option<f64>,
+    /// Intents claimed this UTC hour, while it has `max_intents_per_hour`. Gateways claim in
+    /// small blocks before delivering, so this can run ahead of deliveries by a few.
+    pub intents_this_hour: Option<u64>,
+    /// Intents claimed today (UTC), while it has `max_intents_per_day`.
+    pub intents_today: Option<u64>,
 }
 
 /// One gateway replica's line.
@@ -72,7 +95,18 @@ pub async fn run(_args: Args, ctx: &mut Ctx) -> Result<(), CliError> {
         let rows: Vec<Vec<String>> = status.agents.iter().map(|a| agent_row(a, now)).collect();
         ctx.out.table(
             &[
-                "AGENT", "STATE", "PENDING", "HELD", "REJECTED", "SINCE", "REASON",
+                "AGENT",
+                "STATE",
+                "HEALTH",
+                "INST",
+                "HEARTBEAT",
+                "COST TODAY",
+                "INTENTS/H",
+                "PENDING",
+                "HELD",
+                "REJECTED",
+                "SINCE",
+                "REASON",
             ],
             &rows,
         )?;
@@ -108,6 +142,13 @@ fn agent_row(a: &AgentStatus, now: u64) -> Vec<String> {
     vec![
         a.agent.clone(),
         a.state.clone(),
+        a.health.clone(),
+        opt(a.instances.map(|n| n.to_string())),
+        opt(a
+            .last_heartbeat_unix_ms
+            .map(|t| format!("{} ago", output::age(now, t)))),
+        opt(a.cost_today_usd.map(|c| format!("${c:.2}"))),
+        opt(a.intents_this_hour.map(|n| n.to_string())),
         opt(a.pending.map(|p| p.to_string())),
         opt(a.held.map(|h| if h { "yes" } else { "no" }.to_string())),
         a.rejected.to_string(),
@@ -200,6 +241,72 @@ pub async fn read(mesh: &Mesh) -> Result<Status, CliError> {
         }
     }
 
+    if let Some(health) = mesh.bucket(&names.health_bucket).await? {
+        let what = || format!("could not read KV bucket {}", names.health_bucket);
+        let keys: Vec<String> = health
+            .keys()
+            .await
+            .map_err(|e| CliError::nats(what(), e))?
+            .try_collect()
+            .await
+            .map_err(|e| CliError::nats(what(), e))?;
+        for key in keys {
+            if AgentId::new(&key).is_err() {
+                continue;
+            }
+            let Some(value) = health
+                .get(&key)
+                .await
+                .map_err(|e| CliError::nats(what(), e))?
+            else {
+                continue;
+            };
+            match mesh_schemas::decode::<HealthRecord>(&value) {
+                Ok(rec) => {
+                    let a = slot(&mut agents, &key);
+                    a.health = rec.state.as_str().to_string();
+                    a.instances = Some(rec.instances);
+                    a.last_heartbeat_unix_ms =
+                        (rec.last_heartbeat_unix_ms > 0).then_some(rec.last_heartbeat_unix_ms);
+                    a.health_at_unix_ms = Some(rec.at_unix_ms);
+                    a.cost_reported_usd = Some(rec.reported_cost_usd);
+                }
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "ignoring an unreadable health record");
+                    slot(&mut agents, &key);
+                }
+            }
+        }
+    }
+
+    if let Some(counters) = mesh.bucket(&names.counters_bucket).await? {
+        for a in agents.values_mut() {
+            let Ok(id) = AgentId::new(&a.agent) else {
+                continue;
+            };
+            let c = crate::counters::current(&counters, &id).await?;
+            a.intents_this_hour = c.intents_this_hour;
+            a.intents_today = c.intents_today;
+            a.cost_counted_today_usd = c.cost_counted_today_usd;
+            a.cost_counted_total_usd = c.cost_counted_total_usd;
+        }
+    }
+
+    for a in agents.values_mut() {
+        // The kill flag wins; a record that says killed while the flag does not is from
+        // before a resume, and health starts again from unknown.
+        let killed = a.state != "active";
+        if killed {
+            a.health = HealthState::Killed.as_str().to_string();
+        } else if a.health == HealthState::Killed.as_str() {
+            a.health = HealthState::Unknown.as_str().to_string();
+        }
+        a.cost_today_usd = match (a.cost_counted_today_usd, a.cost_reported_usd) {
+            (None, None) => None,
+            (c, r) => Some(c.unwrap_or(0.0) + r.unwrap_or(0.0)),
+        };
+    }
+
     let mut gateways = Vec::new();
     if let Some(store) = mesh.bucket(&names.gateways_bucket).await? {
         let now = mesh_schemas::now_unix_ms();
@@ -227,6 +334,7 @@ fn slot<'a>(agents: &'a mut BTreeMap<String, AgentStatus>, id: &str) -> &'a mut 
     agents.entry(id.to_string()).or_insert_with(|| AgentStatus {
         agent: id.to_string(),
         state: "active".to_string(),
+        health: HealthState::Unknown.as_str().to_string(),
         ..AgentStatus::default()
     })
 }

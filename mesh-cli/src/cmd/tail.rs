@@ -14,7 +14,8 @@ pub struct Args {
     /// Only events about this agent.
     #[arg(long, value_parser = super::agent_id)]
     pub agent: Option<AgentId>,
-    /// Only events of this kind: kill, resume, autokill, policy, reject, stale, gateway.
+    /// Only events of this kind: kill, resume, autokill, policy, observe, health, reject, stale,
+    /// gateway.
     #[arg(long, value_parser = super::audit::kind)]
     pub kind: Option<String>,
 }

@@ -1,7 +1,8 @@
 //! mesh-cli as a user runs it: the binary, its exit codes, its output. `usage` needs no
-//! server; `switch` and `up` run against a real nats-server from mesh-testkit, with the gateway
-//! replicas played by the test where one is needed.
+//! server; `switch`, `policy` and `up` run against a real nats-server from mesh-testkit, with the
+//! gateway replicas played by the test (or run in the test's process) where one is needed.
 
+mod policy;
 mod switch;
 mod up;
 mod usage;

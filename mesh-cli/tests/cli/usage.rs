@@ -81,6 +81,17 @@ async fn demo_runs_the_rogue_agent_scenario_and_passes_its_checks() {
         out.contains("delivered to the deployer since the kill: 0"),
         "{out}"
     );
+    // Step 6: the policy kills the deployer with no operator, and the cap held.
+    assert!(
+        out.contains("policy of deployer set: 2/2 replicas applied it"),
+        "{out}"
+    );
+    assert!(
+        out.contains("killed automatically") && out.contains("by policy:max_intents_per_hour"),
+        "{out}"
+    );
+    assert!(out.contains("audit: autokill deployer by policy:"), "{out}");
+    assert!(out.contains("infra received"), "{out}");
     assert!(out.contains("demo passed every check"), "{out}");
 }
 

@@ -207,7 +207,10 @@ async fn a_cap_holds_mesh_wide_with_two_replicas_and_across_a_restart() {
     })
     .await;
     let delivered = rec.payloads_from("A").len();
-    eprintln!("cap 60 over two replicas and a restart: {delivered} delivered, {} rejected 429", notices.all().len());
+    eprintln!(
+        "cap 60 over two replicas and a restart: {delivered} delivered, {} rejected 429",
+        notices.all().len()
+    );
     assert!(delivered <= 60, "cap 60 exceeded mesh-wide: {delivered}");
     assert!(delivered >= 45, "far below the cap: {delivered}");
     assert!(notices.all().iter().all(|(s, _, _)| *s == 429));

@@ -1,0 +1,279 @@
+//! One module per figure of issue 4. Each phase starts its own nats-server and agents (a
+//! [`Stage`]), so that no phase inherits another's consumers, backlog or stored intents, and
+//! records its figures in the [`Report`](crate::Report); a failing phase records an error and
+//! leaves its figures `null`.
+//!
+//! - [`throughput`]: max throughput and added latency at half load, baseline vs gateway.
+//! - [`fence`]: kill → every replica confirmed, 1 and 3 replicas, under load.
+//! - [`replay`]: delivery rate of held intents released by a resume.
+//! - [`policy`]: throughput with policies on every agent against none (once the gateway has them).
+//! - [`scale`]: throughput, RSS and start time with 10, 1,000 and 10,000 agents.
+
+pub mod fence;
+pub mod policy;
+pub mod replay;
+pub mod scale;
+pub mod throughput;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream;
+use futures::StreamExt;
+use mesh_gateway::{GatewayConfig, MeshObjects};
+use mesh_testkit::NatsServer;
+
+use crate::agents::Agents;
+use crate::child::{self, ChildProc};
+use crate::load::Publisher;
+use crate::traffic::Route;
+use crate::{relay, Env, Params};
+
+/// How long a child may take to drain and exit.
+pub const STOP_GRACE: Duration = Duration::from_secs(20);
+
+/// How long a gateway replica may take to announce itself.
+pub const START_WITHIN: Duration = Duration::from_secs(30);
+
+/// A nats-server of the phase's own, its agents, and an operator connection.
+pub struct Stage {
+    pub url: String,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub agents: Agents,
+    /// With `--perf`: where windows record their profiles, and a counter to name them.
+    perf: Option<(std::path::PathBuf, std::sync::atomic::AtomicUsize)>,
+    /// Declared last: the server goes after everything that talks to it.
+    pub server: NatsServer,
+}
+
+impl Stage {
+    /// Starts a server and `agents` agents.
+    pub async fn start(params: &Params, env: &Env, agents: usize) -> anyhow::Result<Stage> {
+        let server = tokio::task::spawn_blocking(NatsServer::try_start)
+            .await
+            .context("server start task")?
+            .context("cannot start nats-server")?;
+        let url = server.url();
+        let client = async_nats::ConnectOptions::new()
+            .name("mesh-bench operator")
+            .connect(&url)
+            .await
+            .with_context(|| format!("cannot connect to {url}"))?;
+        let js = jetstream::new(client.clone());
+        let agents = Agents::start(&url, agents, params.agent_connections).await?;
+        Ok(Stage {
+            url,
+            client,
+            js,
+            agents,
+            perf: env
+                .perf_dir
+                .clone()
+                .map(|d| (d, std::sync::atomic::AtomicUsize::new(0))),
+            server,
+        })
+    }
+
+    /// A publisher on `route` for this stage's agents.
+    pub async fn publisher(
+        &self,
+        params: &Params,
+        route: Route,
+        seed: u64,
+    ) -> anyhow::Result<Publisher> {
+        Publisher::connect(&self.url, route, params, self.agents.len(), seed).await
+    }
+
+    /// Creates the baseline's stream.
+    pub async fn direct_stream(&self) -> anyhow::Result<()> {
+        self.js
+            .get_or_create_stream(relay::stream_config())
+            .await
+            .context("cannot create the baseline stream")?;
+        Ok(())
+    }
+
+    /// Starts a baseline relay of `shape` on an empty baseline stream: a relay's durable
+    /// consumer would otherwise first deliver what other relays already delivered.
+    pub async fn relay(&self, env: &Env, shape: crate::relay::Shape) -> anyhow::Result<ChildProc> {
+        let stream = self
+            .js
+            .get_stream(crate::traffic::DIRECT_STREAM)
+            .await
+            .context("cannot get the baseline stream")?;
+        stream
+            .purge()
+            .await
+            .context("cannot purge the baseline stream")?;
+        ChildProc::relay_shaped(env, &self.url, shape).await
+    }
+
+    /// Creates the mesh's streams and buckets the way a gateway does, with default names.
+    pub async fn mesh_objects(&self) -> anyhow::Result<MeshObjects> {
+        let cfg = GatewayConfig {
+            nats_url: self.url.clone(),
+            ..GatewayConfig::default()
+        };
+        mesh_gateway::setup::ensure(&self.js, &cfg)
+            .await
+            .context("cannot create the mesh's streams and buckets")
+    }
+
+    /// A mesh-cli session on this server, for kills and resumes.
+    pub async fn operator(&self) -> anyhow::Result<mesh_cli::mesh::Mesh> {
+        let cfg = mesh_cli::CliConfig {
+            nats_url: self.url.clone(),
+            ..mesh_cli::CliConfig::default()
+        };
+        mesh_cli::mesh::Mesh::open(cfg)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .context("cannot open a mesh-cli session")
+    }
+
+    /// The processes whose CPU time a window accounts for: nats-server, this process, and the
+    /// deliverer (`gateway` or `relay`) when given.
+    pub fn watch(&self, deliverer: Option<(&str, &ChildProc)>) -> Vec<(String, u32)> {
+        let mut w = vec![("bench".to_string(), std::process::id())];
+        if let Some(pid) = self.server.pid() {
+            w.push(("nats".to_string(), pid));
+        }
+        if let Some((name, child)) = deliverer {
+            if let Some(pid) = child.pid() {
+                w.push((name.to_string(), pid));
+            }
+        }
+        w
+    }
+
+    /// A measurement window on this stage's agents.
+    pub fn spec<'a>(
+        &'a self,
+        params: &Params,
+        pace: crate::load::Pace<'a>,
+        measure: Duration,
+        deliverer: Option<(&str, &ChildProc)>,
+    ) -> crate::measure::Spec<'a> {
+        let perf = self.perf.as_ref().map(|(dir, n)| {
+            let n = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let who = deliverer.map(|(name, _)| name).unwrap_or("none");
+            let label = format!("{}a-w{n}-{who}", self.agents.len());
+            (dir.clone(), label)
+        });
+        crate::measure::Spec {
+            pace,
+            warmup: params.warmup,
+            measure,
+            timing: false,
+            drain: drain_within(params.backlog),
+            watch: self.watch(deliverer),
+            monitor: self
+                .server
+                .monitor_url()
+                .strip_prefix("http://")
+                .map(str::to_string),
+            perf,
+        }
+    }
+
+    /// Closed-loop publishing: as fast as the deliverer keeps up, bounded backlog.
+    pub fn closed(&self, params: &Params) -> crate::load::Pace<'_> {
+        crate::load::Pace::Closed {
+            agents: &self.agents,
+            backlog: params.backlog,
+        }
+    }
+
+    /// nats-server's own memory.
+    pub fn server_memory(&self) -> Option<child::Memory> {
+        child::memory(self.server.pid()?)
+    }
+
+    /// Starts gateway replicas `ids` and waits until all of them are live.
+    pub async fn gateways(
+        &self,
+        env: &Env,
+        objects: &MeshObjects,
+        ids: &[String],
+    ) -> anyhow::Result<Vec<ChildProc>> {
+        let mut gws = Vec::new();
+        for id in ids {
+            gws.push(ChildProc::gateway(env, &self.url, id)?);
+        }
+        child::wait_live(&objects.gateways, ids, &mut gws, START_WITHIN).await?;
+        Ok(gws)
+    }
+}
+
+impl Stage {
+    /// Stops gateway replicas, then releases the pin of every recipient consumer they held.
+    ///
+    /// A gateway that stops does not release its pins, so a gateway started after it would
+    /// deliver nothing for `pin_timeout` (20 s); that is measured on its own (`restart_s_*`).
+    /// Between two measurements of a phase, the harness releases the pins itself.
+    pub async fn stop_gateways(
+        &self,
+        objects: &MeshObjects,
+        gws: Vec<ChildProc>,
+    ) -> anyhow::Result<()> {
+        stop_all(gws).await?;
+        let mut names = objects.intents.consumer_names();
+        let mut consumers = Vec::new();
+        while let Some(Ok(name)) = names.next().await {
+            consumers.push(name);
+        }
+        for name in consumers.iter().filter(|n| n.starts_with("in_")) {
+            // A consumer nobody pulled has no pin; that answer is an error and is fine.
+            let _ = objects
+                .intents
+                .unpin_consumer(name, mesh_schemas::MeshNames::PRIORITY_GROUP)
+                .await;
+        }
+        Ok(())
+    }
+}
+
+/// Stops every child; the first failure is returned after all were stopped.
+pub async fn stop_all(children: Vec<ChildProc>) -> anyhow::Result<()> {
+    let mut first = Ok(());
+    for c in children {
+        if let Err(e) = c.stop(STOP_GRACE).await {
+            if first.is_ok() {
+                first = Err(e);
+            }
+        }
+    }
+    first
+}
+
+/// How long to wait for a backlog of `n` intents to be received, generously.
+pub fn drain_within(n: u64) -> Duration {
+    Duration::from_secs(30) + Duration::from_millis(n / 2)
+}
+
+/// Records the CPU cost of a window: `cpu_us_per_intent_<process><suffix>` and
+/// `cpu_cores_<process><suffix>` for every watched process.
+pub fn record_cpu(report: &mut crate::Report, suffix: &str, w: &crate::measure::Window) {
+    for (name, _) in &w.cpu {
+        report.set(
+            format!("cpu_us_per_intent_{name}{suffix}"),
+            w.cpu_us_per_intent(name),
+        );
+        report.set(format!("cpu_cores_{name}{suffix}"), w.cpu_cores(name));
+    }
+    report.set(
+        format!("nats_msgs_per_intent{suffix}"),
+        w.nats_msgs_per_intent(),
+    );
+}
+
+/// Records a note when a run lost intents or publishes.
+pub fn check(report: &mut crate::Report, what: &str, w: &crate::measure::Window) {
+    if w.undelivered > 0 || w.sent.failed > 0 {
+        report.note(format!(
+            "{what}: {} stored intents not received within the drain deadline, {} publishes failed",
+            w.undelivered, w.sent.failed
+        ));
+    }
+}

@@ -142,7 +142,7 @@ async fn measure_replicas(
         stage.agents.received() >= target
     })
     .await;
-    stop_all(gws).await?;
+    stop_all(report, gws).await?;
     let mut s = samples?;
     if !drained {
         report.note(format!(

@@ -214,10 +214,11 @@ impl Stage {
     /// Between two measurements of a phase, the harness releases the pins itself.
     pub async fn stop_gateways(
         &self,
+        report: &mut crate::Report,
         objects: &MeshObjects,
         gws: Vec<ChildProc>,
     ) -> anyhow::Result<()> {
-        stop_all(gws).await?;
+        stop_all(report, gws).await?;
         let mut names = objects.intents.consumer_names();
         let mut consumers = Vec::new();
         while let Some(Ok(name)) = names.next().await {
@@ -234,17 +235,32 @@ impl Stage {
     }
 }
 
-/// Stops every child; the first failure is returned after all were stopped.
-pub async fn stop_all(children: Vec<ChildProc>) -> anyhow::Result<()> {
+/// Stops every child; the first failure (an exit with an error) is returned after all were
+/// stopped. A child that had to be killed after [`STOP_GRACE`] is a note, not a failure.
+pub async fn stop_all(report: &mut crate::Report, children: Vec<ChildProc>) -> anyhow::Result<()> {
     let mut first = Ok(());
     for c in children {
-        if let Err(e) = c.stop(STOP_GRACE).await {
-            if first.is_ok() {
-                first = Err(e);
+        let name = c.name.clone();
+        let log = c.log.clone();
+        match c.stop(STOP_GRACE).await {
+            Ok(true) => {}
+            Ok(false) => report.note(format!(
+                "{name} did not exit within {STOP_GRACE:?} of its stop signal and was killed; see {}",
+                log.display()
+            )),
+            Err(e) => {
+                if first.is_ok() {
+                    first = Err(e);
+                }
             }
         }
     }
     first
+}
+
+/// Stops one child (a relay), like [`stop_all`].
+pub async fn stop_one(report: &mut crate::Report, child: ChildProc) -> anyhow::Result<()> {
+    stop_all(report, vec![child]).await
 }
 
 /// How long to wait for a backlog of `n` intents to be received, generously.

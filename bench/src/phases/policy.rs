@@ -105,7 +105,7 @@ async fn measure_policy(params: &Params, env: &Env, report: &mut Report) -> anyh
                 "policy_cost_ratio: null — the gateway under test creates no {BUCKET} bucket, so it has no policies yet"
             ));
             report.set("policy_cost_ratio", None);
-            return stop_all(gws).await;
+            return stop_all(report, gws).await;
         }
     };
     if !probe(&stage, &kv).await? {
@@ -113,7 +113,7 @@ async fn measure_policy(params: &Params, env: &Env, report: &mut Report) -> anyh
             "policy_cost_ratio: null — the gateway under test does not enforce policies (a probe intent with a denied action was delivered, not rejected)",
         );
         report.set("policy_cost_ratio", None);
-        return stop_all(gws).await;
+        return stop_all(report, gws).await;
     }
 
     let mut publisher = stage.publisher(params, Route::Mesh, 41).await?;
@@ -137,13 +137,15 @@ async fn measure_policy(params: &Params, env: &Env, report: &mut Report) -> anyh
             without[round], with[round]
         ));
     }
-    // What each kind of check costs: one window per level, actions only first.
+    // What each kind of check costs: each level against a window without policies just before.
     let levels: &[Level] = if params.policy_breakdown {
         &[Level::Actions, Level::Rate, Level::Caps]
     } else {
         &[]
     };
     for &level in levels {
+        set_policies(&kv, &keys, None).await?;
+        let none = closed(params, &stage, &gws[0], &mut publisher).await;
         set_policies(&kv, &keys, Some(level)).await?;
         let w = closed(params, &stage, &gws[0], &mut publisher).await;
         check(report, &format!("policies ({})", level.key()), &w);
@@ -151,14 +153,19 @@ async fn measure_policy(params: &Params, env: &Env, report: &mut Report) -> anyh
             format!("throughput_policy_{}_per_s", level.key()),
             Some(w.delivered_per_s),
         );
+        report.set(
+            format!("policy_cost_ratio_{}", level.key()),
+            (none.delivered_per_s > 0.0).then(|| w.delivered_per_s / none.delivered_per_s),
+        );
         progress(format!(
-            "policy {}: {:.0}/s",
+            "policy {}: {:.0}/s against {:.0}/s without",
             level.key(),
-            w.delivered_per_s
+            w.delivered_per_s,
+            none.delivered_per_s
         ));
     }
     set_policies(&kv, &keys, None).await?;
-    stop_all(gws).await?;
+    stop_all(report, gws).await?;
     let (none, all) = (median(without), median(with));
     report.set("throughput_no_policies_per_s", none);
     report.set("throughput_with_policies_per_s", all);
@@ -182,9 +189,9 @@ async fn closed(
         params.measure,
         Some(("gateway", gateway)),
     );
-    // A gateway slowed down by policies may take long to work off the backlog; what is left
-    // is delivered during the next window and counted there.
-    spec.drain = std::time::Duration::from_secs(15);
+    // A gateway slowed down by policies takes a while to work off the backlog; the next
+    // window must not start with it.
+    spec.drain = std::time::Duration::from_secs(60);
     measure::window(publisher, &stage.agents, spec).await
 }
 

@@ -75,6 +75,8 @@ async fn measure_replay(params: &Params, env: &Env, report: &mut Report) -> anyh
         report.note(format!("replay: {leaked} intents reached killed agents"));
     }
 
+    let watch = stage.watch(Some(("gateway", &gws[0])));
+    let cpu0: Vec<Option<u64>> = watch.iter().map(|(_, p)| measure::cpu_ns(*p)).collect();
     let started = Instant::now();
     let mesh = &mesh;
     let resumes = join_all(ids.iter().map(|id| {
@@ -97,11 +99,20 @@ async fn measure_replay(params: &Params, env: &Env, report: &mut Report) -> anyh
     })
     .await;
     let took = started.elapsed();
-    stop_all(gws).await?;
     if !done {
+        let stuck = stuck_consumers(&objects.intents).await;
         anyhow::bail!(
-            "only {} of {n} held intents delivered in {took:?}",
+            "only {} of {n} held intents delivered in {took:?}; {stuck}",
             stage.agents.received() - before
+        );
+    }
+    for ((name, pid), c0) in watch.iter().zip(cpu0) {
+        let used = c0
+            .zip(measure::cpu_ns(*pid))
+            .map(|(a, b)| b.saturating_sub(a));
+        report.set(
+            format!("cpu_us_per_intent_{name}_replay"),
+            used.map(|ns| ns as f64 / 1e3 / n as f64),
         );
     }
     let rate = n as f64 / took.as_secs_f64();
@@ -127,5 +138,39 @@ async fn measure_replay(params: &Params, env: &Env, report: &mut Report) -> anyh
         "replay: {rate:.0}/s against {:.0}/s steady; first delivery after {:?}",
         steady.delivered_per_s, first
     ));
+    stop_all(report, gws).await?;
     Ok(())
+}
+
+/// What the recipient consumers look like when a replay stalls: how many still have intents
+/// pending, how many are paused, and which (a few).
+async fn stuck_consumers(intents: &async_nats::jetstream::stream::Stream) -> String {
+    use futures::StreamExt;
+    let mut names = intents.consumer_names();
+    let mut stuck = Vec::new();
+    let (mut pending, mut paused, mut total) = (0u64, 0usize, 0usize);
+    while let Some(Ok(name)) = names.next().await {
+        if !name.starts_with("in_") {
+            continue;
+        }
+        total += 1;
+        if let Ok(info) = intents.consumer_info(&name).await {
+            if info.paused {
+                paused += 1;
+            }
+            let left = info.num_pending + info.num_ack_pending as u64;
+            if left > 0 {
+                pending += left;
+                stuck.push(format!(
+                    "{name} (pending {}, unacked {}, waiting pulls {}, paused {})",
+                    info.num_pending, info.num_ack_pending, info.num_waiting, info.paused
+                ));
+            }
+        }
+    }
+    let shown: Vec<&String> = stuck.iter().take(5).collect();
+    format!(
+        "{} of {total} recipient consumers still hold {pending} intents, {paused} paused; e.g. {shown:?}",
+        stuck.len()
+    )
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::child::ChildProc;
 use crate::load::{Pace, Publisher};
 use crate::measure;
-use crate::phases::{check, drain_within, record_cpu, stop_all, Stage, STOP_GRACE};
+use crate::phases::{check, drain_within, record_cpu, stop_all, stop_one, Stage, STOP_GRACE};
 use crate::relay::Shape;
 use crate::report::{count_key, Report};
 use crate::traffic::Route;
@@ -60,7 +60,7 @@ async fn step(params: &Params, env: &Env, report: &mut Report, n: usize) -> anyh
         Some(("relay", &relay)),
     );
     let w = measure::window(&mut direct, &stage.agents, spec).await;
-    relay.stop(STOP_GRACE).await?;
+    stop_one(report, relay).await?;
     check(report, &format!("baseline, {n} agents"), &w);
     record_cpu(report, &format!("_baseline_{key}_agents"), &w);
     report.set(
@@ -90,7 +90,7 @@ async fn step(params: &Params, env: &Env, report: &mut Report, n: usize) -> anyh
     let w = measure::window(&mut mesh, &stage.agents, spec).await;
     let mem = gw.memory();
     let server = stage.server_memory();
-    stop_all(vec![gw]).await?;
+    stop_all(report, vec![gw]).await?;
     check(report, &format!("gateway, {n} agents"), &w);
     record_cpu(report, &format!("_{key}_agents"), &w);
     report.set(
@@ -117,7 +117,7 @@ async fn step(params: &Params, env: &Env, report: &mut Report, n: usize) -> anyh
         return Ok(());
     }
     let restart = cold_start(env, &stage, &mut mesh, n, "gw-restart").await?;
-    stop_all(vec![restart.1]).await?;
+    stop_all(report, vec![restart.1]).await?;
     report.set(
         format!("restart_s_{key}_agents"),
         Some(restart.0.as_secs_f64()),

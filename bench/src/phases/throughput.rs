@@ -10,7 +10,7 @@
 
 use crate::load::Pace;
 use crate::measure::{self, median, percentile};
-use crate::phases::{check, record_cpu, Stage, STOP_GRACE};
+use crate::phases::{check, record_cpu, stop_one, Stage};
 use crate::relay::Shape;
 use crate::report::Report;
 use crate::traffic::Route;
@@ -40,7 +40,7 @@ async fn measure_all(params: &Params, env: &Env, report: &mut Report) -> anyhow:
         let relay = stage.relay(env, Shape::default()).await?;
         let spec = stage.spec(params, closed, params.measure, Some(("relay", &relay)));
         let w = measure::window(&mut direct, &stage.agents, spec).await;
-        relay.stop(STOP_GRACE).await?;
+        stop_one(report, relay).await?;
         check(report, "baseline throughput", &w);
         record_cpu(report, "_baseline", &w);
         progress(format!(
@@ -55,7 +55,7 @@ async fn measure_all(params: &Params, env: &Env, report: &mut Report) -> anyhow:
         let spec = stage.spec(params, closed, params.measure, Some(("gateway", &gws[0])));
         let w = measure::window(&mut mesh, &stage.agents, spec).await;
         rss = gws[0].memory().or(rss);
-        stage.stop_gateways(&objects, gws).await?;
+        stage.stop_gateways(report, &objects, gws).await?;
         check(report, "gateway throughput", &w);
         record_cpu(report, "", &w);
         progress(format!(
@@ -101,7 +101,7 @@ async fn measure_all(params: &Params, env: &Env, report: &mut Report) -> anyhow:
     let mut spec = stage.spec(params, paced, params.measure, Some(("relay", &relay)));
     spec.timing = true;
     let mut base = measure::window(&mut direct, &stage.agents, spec).await;
-    relay.stop(STOP_GRACE).await?;
+    stop_one(report, relay).await?;
     check(report, "baseline latency", &base);
     let gws = stage
         .gateways(env, &objects, &["gw-latency".to_string()])
@@ -109,7 +109,7 @@ async fn measure_all(params: &Params, env: &Env, report: &mut Report) -> anyhow:
     let mut spec = stage.spec(params, paced, params.measure, Some(("gateway", &gws[0])));
     spec.timing = true;
     let mut gwl = measure::window(&mut mesh, &stage.agents, spec).await;
-    stage.stop_gateways(&objects, gws).await?;
+    stage.stop_gateways(report, &objects, gws).await?;
     check(report, "gateway latency", &gwl);
     // The relay shaped like the gateway's use of JetStream, at the same rate.
     let mut shaped_trips = Vec::new();
@@ -124,7 +124,7 @@ async fn measure_all(params: &Params, env: &Env, report: &mut Report) -> anyhow:
         shaped_trips = measure::window(&mut direct, &stage.agents, spec)
             .await
             .trips;
-        relay.stop(STOP_GRACE).await?;
+        stop_one(report, relay).await?;
         remove_shaped_consumers(&stage).await;
     }
     for (key, p) in [("p50", 50.0), ("p90", 90.0), ("p99", 99.0)] {
@@ -188,7 +188,7 @@ pub async fn decompose(
             Some(("relay", &relay)),
         );
         let w = measure::window(&mut direct, &stage.agents, spec).await;
-        relay.stop(STOP_GRACE).await?;
+        stop_one(report, relay).await?;
         check(report, &format!("baseline ({key}{suffix})"), &w);
         record_cpu(report, &format!("_baseline_{key}{suffix}"), &w);
         report.set(

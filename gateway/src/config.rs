@@ -35,10 +35,16 @@ pub struct GatewayConfig {
     /// acks, so this only bounds how long a crashed replica's work stays invisible.
     #[serde(with = "humantime_serde")]
     pub ack_wait: Duration,
-    /// Unacknowledged intents per recipient consumer (shared by all replicas).
+    /// Unacknowledged intents per parked recipient's consumer (shared by all replicas).
     pub max_ack_pending: i64,
-    /// Deliveries in flight per recipient in this replica (across its senders).
+    /// Deliveries in flight per parked recipient in this replica (across its senders).
     pub max_inflight_per_recipient: usize,
+    /// Unacknowledged intents of the shared delivery consumer: how much work the active replica
+    /// may hold in memory (queued behind the delivery in flight of the same sender).
+    pub delivery_max_ack_pending: i64,
+    /// Queued intents for one recipient after which the shared lane parks it on its own
+    /// consumer, so that a slow recipient never holds the shared lane's memory.
+    pub park_backlog: usize,
     /// How often a replica refreshes its presence record.
     #[serde(with = "humantime_serde")]
     pub presence_interval: Duration,
@@ -67,6 +73,8 @@ impl Default for GatewayConfig {
             ack_wait: Duration::from_secs(15),
             max_ack_pending: 1024,
             max_inflight_per_recipient: 256,
+            delivery_max_ack_pending: 20_000,
+            park_backlog: 1_000,
             presence_interval: Duration::from_secs(1),
             pin_timeout: Duration::from_secs(20),
             drain_grace: Duration::from_secs(10),
@@ -133,6 +141,12 @@ impl GatewayConfig {
         }
         if self.max_ack_pending < 1 {
             return Err(invalid("max_ack_pending", "must be at least 1"));
+        }
+        if self.delivery_max_ack_pending < 1 {
+            return Err(invalid("delivery_max_ack_pending", "must be at least 1"));
+        }
+        if self.park_backlog == 0 {
+            return Err(invalid("park_backlog", "must be at least 1"));
         }
         if self.max_inflight_per_recipient == 0 {
             return Err(invalid("max_inflight_per_recipient", "must be at least 1"));

@@ -40,6 +40,18 @@ pub enum Outcome {
     Done,
     /// The recipient was killed, or the gateway is stopping: hand the intent back (NAK).
     HandBack(Box<Item>),
+    /// The recipient did not take the intent (no responder, no reply in time) and the caller
+    /// asked not to retry in place: the shared lane parks the recipient instead.
+    Unreachable(Box<Item>),
+}
+
+/// What a delivery does when the recipient does not answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Retry in place with backoff (a parked recipient's own lane).
+    Retry,
+    /// Give the intent back as [`Outcome::Unreachable`] (the shared lane).
+    GiveBack,
 }
 
 /// Delivers `item`, retrying until it is done or must be handed back.
@@ -48,6 +60,7 @@ pub async fn deliver(
     mut item: Item,
     from: Arc<Gate>,
     to: Arc<Gate>,
+    on_failure: OnFailure,
 ) -> Outcome {
     let cfg = &shared.cfg;
     let mut attempt = item.delivered.max(1);
@@ -138,7 +151,10 @@ pub async fn deliver(
                         RequestErrorKind::TimedOut => "the agent did not reply in time",
                         _ => "the request failed",
                     };
-                    tracing::debug!(to = %item.to, seq = item.seq, attempt, why, "delivery will be retried");
+                    tracing::debug!(to = %item.to, seq = item.seq, attempt, why, "delivery failed");
+                    if on_failure == OnFailure::GiveBack {
+                        return Outcome::Unreachable(Box::new(item));
+                    }
                     attempt += 1;
                 }
             }

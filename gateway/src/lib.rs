@@ -3,10 +3,13 @@
 //!
 //! # Layout
 //!
-//! Data path (intent stream → recipient worker → agent inbox):
-//! - [`discover`]: learns which recipients have intents and starts their workers.
-//! - [`worker`]: one per recipient; pulls its consumer, keeps order per sender, hands work back.
-//! - [`deliver`]: one intent's delivery: gate checks, request, ack, retry in place.
+//! Data path (intent stream → shared lane, or a parked recipient's drain → agent inbox):
+//! - [`lane`]: the shared delivery consumer; order per sender; parks recipients that cannot
+//!   take their work now (killed, unreachable, backlogged) and takes them back.
+//! - [`park`]: parking and unparking a recipient, safely for order and without loss.
+//! - [`discover`]: finds parked recipients and starts their drains.
+//! - [`worker`]: the drain of one parked recipient's consumer; holds, retries, replays in order.
+//! - [`deliver`]: one intent's delivery: gate checks, policies, request, ack.
 //! - [`reject`]: rejection notices and audit records.
 //!
 //! Control path (KV watch → gates → fence):
@@ -30,6 +33,8 @@ pub mod discover;
 pub mod gate;
 pub mod health;
 pub mod killwatch;
+pub mod lane;
+pub mod park;
 pub mod policy;
 pub mod presence;
 pub mod reject;
@@ -97,6 +102,7 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(killwatch::run(shared.clone()));
     tasks.spawn(presence::run(shared.clone()));
+    tasks.spawn(lane::run(shared.clone()));
     tasks.spawn(discover::run(shared.clone()));
     tasks.spawn(policy::book::run(shared.clone()));
     tasks.spawn(health::run(shared.clone()));

@@ -1,5 +1,5 @@
-//! Creates or checks the mesh's NATS objects: the intents and audit streams, the kill and
-//! presence buckets, and one durable consumer per recipient.
+//! Creates or checks the mesh's NATS objects: the intents and audit streams, the buckets, the
+//! shared delivery consumer, and the consumers of parked recipients.
 //!
 //! An object that exists with an incompatible configuration is an error naming the field, never
 //! a silent change: a team bolting the mesh onto an existing cluster must decide that itself.
@@ -15,7 +15,7 @@ use crate::config::GatewayConfig;
 pub const HOLD_FOR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Consumers per intents stream. nats-server 2.15 caps a stream at 1,000 consumers unless the
-/// stream sets a positive limit, and the mesh keeps one per recipient.
+/// stream sets a positive limit, and the mesh keeps one per parked recipient.
 pub const MAX_CONSUMERS: i32 = 100_000;
 
 /// Handles to the mesh's objects.
@@ -53,7 +53,7 @@ pub enum SetupError {
         name: String,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("could not create or update consumer {name}")]
+    #[error("could not create or update consumer {name}: {source}")]
     Consumer {
         name: String,
         source: Box<dyn std::error::Error + Send + Sync>,
@@ -248,49 +248,38 @@ async fn ensure_bucket(js: &jetstream::Context, want: kv::Config) -> Result<kv::
     }
 }
 
-/// The configuration of `to`'s inbound consumer: durable, one per recipient, pinned to one
-/// replica at a time so that order per sender holds across replicas.
-pub fn inbound_consumer_config(
-    cfg: &GatewayConfig,
-    names: &MeshNames,
-    to: &AgentId,
-    held: bool,
-) -> Result<consumer::pull::Config, SetupError> {
-    let subjects = names
+/// The shared delivery consumer: durable, over the whole intents stream, pinned to one replica
+/// at a time (the active one), so that stream order, and with it order per sender, holds across
+/// replicas. Recipients that are not parked get their intents through it.
+pub fn delivery_consumer_config(cfg: &GatewayConfig) -> Result<consumer::pull::Config, SetupError> {
+    let subjects = cfg
+        .names
         .subjects()
-        .map_err(|e| SetupError::stream(&names.intents_stream, e))?;
+        .map_err(|e| SetupError::stream(&cfg.names.intents_stream, e))?;
     Ok(consumer::pull::Config {
-        durable_name: Some(names.inbound_consumer(to)),
-        description: Some(format!("Agent Mesh: intents to {to}")),
-        filter_subject: subjects.intents_to(to),
+        durable_name: Some(cfg.names.delivery_consumer()),
+        description: Some("Agent Mesh: intents of every recipient that is not parked".to_string()),
+        filter_subject: subjects.intent_stream_filter(),
         deliver_policy: consumer::DeliverPolicy::All,
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: cfg.ack_wait,
         max_deliver: -1,
-        max_ack_pending: cfg.max_ack_pending,
+        max_ack_pending: cfg.delivery_max_ack_pending,
         max_waiting: 512,
         priority_groups: vec![MeshNames::PRIORITY_GROUP.to_string()],
         priority_policy: consumer::PriorityPolicy::PinnedClient,
         priority_timeout: cfg.pin_timeout,
-        pause_until: held.then(hold_until),
         ..Default::default()
     })
 }
 
-/// When a hold made now ends: effectively never.
-pub fn hold_until() -> time::OffsetDateTime {
-    time::OffsetDateTime::now_utc() + HOLD_FOR
-}
-
-/// Gets `to`'s inbound consumer, creating it (paused when `held`) if it does not exist yet.
-pub async fn ensure_inbound_consumer(
+/// Gets the shared delivery consumer, creating it if it does not exist yet.
+pub async fn ensure_delivery_consumer(
     stream: &stream::Stream,
     cfg: &GatewayConfig,
-    to: &AgentId,
-    held: bool,
 ) -> Result<consumer::PullConsumer, SetupError> {
-    let name = cfg.names.inbound_consumer(to);
-    let config = inbound_consumer_config(cfg, &cfg.names, to, held)?;
+    let name = cfg.names.delivery_consumer();
+    let config = delivery_consumer_config(cfg)?;
     stream
         .get_or_create_consumer(&name, config)
         .await
@@ -300,7 +289,151 @@ pub async fn ensure_inbound_consumer(
         })
 }
 
-/// Pauses (holds) or resumes `to`'s inbound consumer; creates it first if needed.
+/// Consumer metadata key: stream sequences at or after the consumer's start that the shared
+/// lane had delivered already when it parked the recipient (comma separated).
+pub const SKIP_METADATA: &str = "mesh.skip";
+
+/// The configuration of a parked recipient's consumer: durable, from the first intent the shared
+/// lane had not delivered, pinned to one replica at a time, paused while the recipient is killed.
+pub fn parked_consumer_config(
+    cfg: &GatewayConfig,
+    to: &AgentId,
+    start: u64,
+    skip: &[u64],
+    held: bool,
+) -> Result<consumer::pull::Config, SetupError> {
+    let names = &cfg.names;
+    let subjects = names
+        .subjects()
+        .map_err(|e| SetupError::stream(&names.intents_stream, e))?;
+    let mut metadata = std::collections::HashMap::new();
+    if !skip.is_empty() {
+        let list: Vec<String> = skip.iter().map(u64::to_string).collect();
+        metadata.insert(SKIP_METADATA.to_string(), list.join(","));
+    }
+    Ok(consumer::pull::Config {
+        durable_name: Some(names.inbound_consumer(to)),
+        description: Some(format!("Agent Mesh: intents to {to} (parked)")),
+        filter_subject: subjects.intents_to(to),
+        deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: start.max(1),
+        },
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: cfg.ack_wait,
+        max_deliver: -1,
+        max_ack_pending: cfg.max_ack_pending,
+        max_waiting: 512,
+        priority_groups: vec![MeshNames::PRIORITY_GROUP.to_string()],
+        priority_policy: consumer::PriorityPolicy::PinnedClient,
+        priority_timeout: cfg.pin_timeout,
+        pause_until: held.then(hold_until),
+        metadata,
+        ..Default::default()
+    })
+}
+
+/// The skip list stored with a parked consumer.
+pub fn skip_list(info: &consumer::Info) -> std::collections::HashSet<u64> {
+    info.config
+        .metadata
+        .get(SKIP_METADATA)
+        .map(|v| v.split(',').filter_map(|s| s.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// When a hold made now ends: effectively never.
+pub fn hold_until() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc() + HOLD_FOR
+}
+
+fn consumer_error(name: &str, e: impl std::error::Error + Send + Sync + 'static) -> SetupError {
+    SetupError::Consumer {
+        name: name.to_string(),
+        source: Box::new(e),
+    }
+}
+
+/// Creates `to`'s parked consumer from `start`. One that exists already (left by a replica that
+/// parked `to` and lost its place before it could record it) is replaced by one that starts at
+/// the earlier of the two unacknowledged positions, so that nothing it still held is lost.
+pub async fn create_parked_consumer(
+    stream: &stream::Stream,
+    cfg: &GatewayConfig,
+    to: &AgentId,
+    start: u64,
+    skip: &[u64],
+    held: bool,
+) -> Result<(), SetupError> {
+    let name = cfg.names.inbound_consumer(to);
+    let mut start = start;
+    match stream.consumer_info(&name).await {
+        Ok(info) => {
+            start = start.min(info.ack_floor.stream_sequence + 1);
+            stream
+                .delete_consumer(&name)
+                .await
+                .map_err(|e| consumer_error(&name, e))?;
+        }
+        Err(e) if is_not_found(&e) => {}
+        Err(e) => return Err(consumer_error(&name, e)),
+    }
+    let config = parked_consumer_config(cfg, to, start, skip, held)?;
+    stream
+        .create_consumer(config)
+        .await
+        .map(|_| ())
+        .map_err(|e| consumer_error(&name, e))
+}
+
+/// Gets `to`'s parked consumer; `None` when `to` is not parked.
+pub async fn parked_consumer(
+    stream: &stream::Stream,
+    cfg: &GatewayConfig,
+    to: &AgentId,
+) -> Result<Option<(consumer::PullConsumer, consumer::Info)>, SetupError> {
+    let name = cfg.names.inbound_consumer(to);
+    let info = match stream.consumer_info(&name).await {
+        Ok(info) => info,
+        Err(e) if is_not_found(&e) => return Ok(None),
+        Err(e) => return Err(consumer_error(&name, e)),
+    };
+    match stream.get_consumer::<consumer::pull::Config>(&name).await {
+        Ok(c) => Ok(Some((c, info))),
+        Err(source) => Err(SetupError::Consumer { name, source }),
+    }
+}
+
+/// Whether a consumer request failed because the consumer does not exist.
+pub fn is_not_found(e: &jetstream::context::ConsumerInfoError) -> bool {
+    match e.kind() {
+        jetstream::context::ConsumerInfoErrorKind::NotFound => true,
+        jetstream::context::ConsumerInfoErrorKind::JetStream(j) => {
+            j.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND
+        }
+        _ => false,
+    }
+}
+
+/// The recipients parked right now: those with a consumer of their own.
+pub async fn parked_recipients(
+    stream: &stream::Stream,
+    names: &MeshNames,
+) -> Result<std::collections::HashSet<AgentId>, SetupError> {
+    use futures::TryStreamExt;
+    let all: Vec<String> = stream
+        .consumer_names()
+        .try_collect()
+        .await
+        .map_err(|e| consumer_error(&names.intents_stream, e))?;
+    Ok(all
+        .iter()
+        .filter_map(|n| n.strip_prefix(MeshNames::INBOUND_PREFIX))
+        .filter_map(|id| AgentId::new(id).ok())
+        .collect())
+}
+
+/// Pauses (holds) or resumes `to`'s parked consumer, if `to` is parked. The kill flag itself
+/// is what stops deliveries; the pause keeps a parked consumer quiet in NATS as well.
 pub async fn set_hold(
     stream: &stream::Stream,
     cfg: &GatewayConfig,
@@ -308,14 +441,67 @@ pub async fn set_hold(
     held: bool,
 ) -> Result<(), SetupError> {
     let name = cfg.names.inbound_consumer(to);
-    ensure_inbound_consumer(stream, cfg, to, held).await?;
     let res = if held {
         stream.pause_consumer(&name, hold_until()).await.map(|_| ())
     } else {
         stream.resume_consumer(&name).await.map(|_| ())
     };
-    res.map_err(|e| SetupError::Consumer {
-        name,
-        source: Box::new(e),
-    })
+    match res {
+        Ok(()) => Ok(()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                jetstream::stream::ConsumerErrorKind::JetStream(ref j)
+                    if j.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(consumer_error(&name, e)),
+    }
+}
+
+/// Intents waiting for `to`: those its parked consumer holds (undelivered or unacknowledged),
+/// or, when it is not parked, those after the shared lane's ack floor. Counted with a
+/// short-lived consumer, so it costs a few requests; for operators, not for the data path.
+pub async fn pending_for(
+    stream: &stream::Stream,
+    cfg: &GatewayConfig,
+    to: &AgentId,
+) -> Result<u64, SetupError> {
+    let parked = cfg.names.inbound_consumer(to);
+    match stream.consumer_info(&parked).await {
+        Ok(info) => return Ok(info.num_pending + info.num_ack_pending as u64),
+        Err(e) if is_not_found(&e) => {}
+        Err(e) => return Err(consumer_error(&parked, e)),
+    }
+    let shared = cfg.names.delivery_consumer();
+    let floor = match stream.consumer_info(&shared).await {
+        Ok(info) => info.ack_floor.stream_sequence,
+        Err(e) if is_not_found(&e) => 0,
+        Err(e) => return Err(consumer_error(&shared, e)),
+    };
+    let subjects = cfg
+        .names
+        .subjects()
+        .map_err(|e| SetupError::stream(&cfg.names.intents_stream, e))?;
+    let mut counter = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: subjects.intents_to(to),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: floor + 1,
+            },
+            headers_only: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| consumer_error("pending counter", e))?;
+    let pending = counter
+        .info()
+        .await
+        .map_err(|e| consumer_error("pending counter", e))?
+        .num_pending;
+    let name = counter.cached_info().name.clone();
+    let _ = stream.delete_consumer(&name).await;
+    Ok(pending)
 }

@@ -1,6 +1,14 @@
-//! One worker per recipient: pulls the recipient's consumer, keeps one delivery in flight per
-//! sender (so order per sender holds), and hands its buffered work back to JetStream when the
-//! recipient is killed or the gateway stops.
+//! The drain of a parked recipient: every replica runs one per parked recipient's consumer
+//! `in_<id>` (pinned, so one replica at a time receives), keeps one delivery in flight per sender
+//! (so order per sender holds), retries in place while the recipient does not answer, holds the
+//! work while it is killed, and, once it has caught up, asks the shared lane to take the
+//! recipient back with an unpark marker ([`crate::lane`], [`crate::park`]).
+//!
+//! The marker protocol: the drain publishes a marker into the intents stream (stream sequence
+//! `K`) and delivers nothing at or after `K` until the shared lane answers. The lane accepts when
+//! every intent before `K` is acknowledged (it then deletes the consumer and delivers what
+//! follows `K` itself), and declines otherwise; after a decline the drain goes on and tries again
+//! when it has caught up.
 //!
 //! A worker keeps its pull subscription open while its recipient is killed: the consumer is
 //! paused, so nothing arrives, and whatever was already on its way is handed back in order.
@@ -14,12 +22,12 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
-use mesh_schemas::headers::{intent_id, parse_cost, MESH_COST, NATS_MSG_ID};
+use mesh_schemas::headers::{intent_id, parse_cost, MESH_COST, MESH_UNPARK_REPLY, NATS_MSG_ID};
 use mesh_schemas::{AgentId, MeshNames, Subjects};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::GatewayConfig;
-use crate::deliver::{deliver, Item, Outcome};
+use crate::deliver::{deliver, Item, OnFailure, Outcome};
 use crate::gate::{GateState, Gates};
 use crate::reject::{Refusal, Rejector};
 use crate::setup::{self, MeshObjects};
@@ -72,6 +80,14 @@ impl Shared {
             .is_none_or(|first| *first == self.gateway_id)
     }
 
+    /// Waits `d`; returns true when the gateway is stopping.
+    pub async fn pause(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => false,
+            _ = self.cancel.cancelled() => true,
+        }
+    }
+
     /// Whether this replica runs a worker for `id`.
     pub fn has_worker(&self, id: &AgentId) -> bool {
         self.workers
@@ -102,31 +118,27 @@ pub fn spawn(shared: &Arc<Shared>, to: AgentId) {
     }
 }
 
-/// The worker's life: get the consumer, wait out orphans, then pull until the gateway stops.
+/// The worker's life: get the consumer, wait out orphans, then pull until the recipient is
+/// unparked or the gateway stops.
 async fn run(shared: Arc<Shared>, to: AgentId) {
     let gate = shared.gates.get(&to);
-    let consumer = loop {
-        match setup::ensure_inbound_consumer(
-            &shared.objects.intents,
-            &shared.cfg,
-            &to,
-            gate.is_killed(),
-        )
-        .await
-        {
-            Ok(c) => break c,
+    let (consumer, info) = loop {
+        match setup::parked_consumer(&shared.objects.intents, &shared.cfg, &to).await {
+            Ok(Some(found)) => break found,
+            Ok(None) => return,
             Err(e) => {
-                tracing::warn!(%to, error = %e, "cannot get recipient consumer; retrying");
-                if pause(&shared, Duration::from_secs(1)).await {
+                tracing::warn!(%to, error = %e, "cannot get the parked recipient's consumer; retrying");
+                if shared.pause(Duration::from_secs(1)).await {
                     return;
                 }
             }
         }
     };
+    let skip = setup::skip_list(&info);
     // Deliveries a stopped replica left unacknowledged come back only after the ack wait; start
     // after them so that they are not overtaken by newer intents of the same sender.
     let mut state = gate.subscribe();
-    if let Ok(info) = consumer.get_info().await {
+    {
         if info.num_ack_pending > 0 && !info.paused {
             tracing::info!(%to, unacked = info.num_ack_pending, "waiting for unacknowledged deliveries of another replica to return");
             let until = tokio::time::Instant::now() + shared.cfg.ack_wait + Duration::from_secs(1);
@@ -157,11 +169,21 @@ async fn run(shared: Arc<Shared>, to: AgentId) {
     }
     let mut backoff = Duration::from_millis(100);
     loop {
-        match pull(&shared, &consumer, &to).await {
+        match pull(&shared, &consumer, &to, &skip).await {
             Ended::Cancelled => return,
+            Ended::Unparked => {
+                tracing::debug!(%to, "recipient unparked; drain ends");
+                return;
+            }
             Ended::Stream(why) => {
+                if matches!(
+                    setup::parked_consumer(&shared.objects.intents, &shared.cfg, &to).await,
+                    Ok(None)
+                ) {
+                    return;
+                }
                 tracing::warn!(%to, why, "recipient subscription ended; reopening");
-                if pause(&shared, backoff).await {
+                if shared.pause(backoff).await {
                     return;
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -170,16 +192,9 @@ async fn run(shared: Arc<Shared>, to: AgentId) {
     }
 }
 
-/// Waits `d`; returns true when the gateway is stopping.
-async fn pause(shared: &Shared, d: Duration) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(d) => false,
-        _ = shared.cancel.cancelled() => true,
-    }
-}
-
 enum Ended {
     Cancelled,
+    Unparked,
     Stream(String),
 }
 
@@ -194,9 +209,27 @@ struct Buffer {
     flights: FuturesUnordered<Flight>,
     busy: HashSet<AgentId>,
     handed_back: Vec<Item>,
+    /// An unpark marker is out at this stream sequence: nothing at or after it is started.
+    stop_at: Option<u64>,
+    marker_sent: Option<tokio::time::Instant>,
 }
 
-async fn pull(shared: &Arc<Shared>, consumer: &PullConsumer, to: &AgentId) -> Ended {
+impl Buffer {
+    /// Whether an intent may start now.
+    fn may_start(&self, seq: u64) -> bool {
+        self.stop_at.is_none_or(|k| seq < k)
+    }
+}
+
+/// How long a drain waits for the shared lane's answer to a marker before it tries again.
+const MARKER_ANSWER_WAIT: Duration = Duration::from_secs(30);
+
+async fn pull(
+    shared: &Arc<Shared>,
+    consumer: &PullConsumer,
+    to: &AgentId,
+    skip: &HashSet<u64>,
+) -> Ended {
     let cfg = &shared.cfg;
     // Pull often enough that the pin never lapses while this replica is alive, and that a
     // resumed consumer is pulled again soon: nats-server does not serve a pull request that was
@@ -214,6 +247,11 @@ async fn pull(shared: &Arc<Shared>, consumer: &PullConsumer, to: &AgentId) -> En
         Ok(m) => m,
         Err(e) => return Ended::Stream(e.to_string()),
     };
+    let inbox = shared.client.new_inbox();
+    let mut answers = match shared.client.subscribe(inbox.clone()).await {
+        Ok(s) => s,
+        Err(e) => return Ended::Stream(e.to_string()),
+    };
     let gate = shared.gates.get(to);
     let mut state = gate.subscribe();
     let mut buf = Buffer {
@@ -222,9 +260,17 @@ async fn pull(shared: &Arc<Shared>, consumer: &PullConsumer, to: &AgentId) -> En
         flights: FuturesUnordered::new(),
         busy: HashSet::new(),
         handed_back: Vec::new(),
+        stop_at: None,
+        marker_sent: None,
     };
     let mut progress = tokio::time::interval(cfg.ack_wait / 3);
     progress.tick().await;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Only the replica that holds the pin receives; only it asks to unpark.
+    let mut received_any = false;
+    // The last message received had nothing pending behind it.
+    let mut caught_up = false;
     // While killed, intents that reach this replica are held here, unacknowledged (JetStream
     // still owns them) and in order, and delivered first on resume. Handing them back with NAK
     // instead would let newer intents already on their way overtake them. `draining` is a kill
@@ -256,16 +302,48 @@ async fn pull(shared: &Arc<Shared>, consumer: &PullConsumer, to: &AgentId) -> En
                         buf.held.remove(&seq);
                         next_for_sender(shared, &mut buf, from, !killed && draining.is_none());
                     }
-                    Outcome::HandBack(item) => {
+                    Outcome::HandBack(item) | Outcome::Unreachable(item) => {
                         // Back to the head of its sender's queue: it is older than the rest.
                         buf.queues.entry(from.clone()).or_default().push_front(*item);
                         buf.busy.remove(&from);
                     }
                 }
             }
+            Some(answer) = answers.next() => {
+                let text = String::from_utf8_lossy(&answer.payload);
+                let mut words = text.split(' ');
+                let (verdict, marker) = (words.next(), words.next().and_then(|k| k.parse::<u64>().ok()));
+                if marker.is_some() && marker == buf.stop_at {
+                    if verdict == Some("accepted") {
+                        return Ended::Unparked;
+                    }
+                    buf.stop_at = None;
+                    buf.marker_sent = None;
+                    caught_up = false;
+                    if !killed && draining.is_none() {
+                        restart_senders(shared, &mut buf);
+                    }
+                }
+            }
             _ = progress.tick() => {
                 for item in buf.queues.values().flatten() {
                     let _ = item.msg.ack_with(AckKind::Progress).await;
+                }
+            }
+            _ = tick.tick() => {
+                if buf.marker_sent.is_some_and(|t| t.elapsed() > MARKER_ANSWER_WAIT) {
+                    // No answer (the lane is far behind, or the answer was lost): go on.
+                    buf.stop_at = None;
+                    buf.marker_sent = None;
+                    if !killed && draining.is_none() {
+                        restart_senders(shared, &mut buf);
+                    }
+                }
+                if received_any && !caught_up && idle(&buf) && !killed {
+                    caught_up = consumer
+                        .get_info()
+                        .await
+                        .is_ok_and(|i| i.num_pending == 0);
                 }
             }
             msg = messages.next() => {
@@ -280,7 +358,9 @@ async fn pull(shared: &Arc<Shared>, consumer: &PullConsumer, to: &AgentId) -> En
                     }
                     Some(Ok(msg)) => msg,
                 };
-                admit(shared, &mut buf, msg, to, !killed && draining.is_none()).await;
+                received_any = true;
+                caught_up = msg.info().is_ok_and(|i| i.pending == 0);
+                admit(shared, &mut buf, msg, to, skip, !killed && draining.is_none()).await;
             }
         }
         if let Some(revision) = draining {
@@ -294,16 +374,61 @@ async fn pull(shared: &Arc<Shared>, consumer: &PullConsumer, to: &AgentId) -> En
                 }
             }
         }
+        if received_any
+            && caught_up
+            && !killed
+            && draining.is_none()
+            && buf.stop_at.is_none()
+            && idle(&buf)
+        {
+            match send_marker(shared, to, &inbox).await {
+                Ok(k) => {
+                    buf.stop_at = Some(k);
+                    buf.marker_sent = Some(tokio::time::Instant::now());
+                }
+                Err(e) => {
+                    tracing::debug!(%to, error = %e, "could not publish an unpark marker");
+                    caught_up = false;
+                }
+            }
+        }
     }
 }
 
-/// After a resume: start the head of every sender's queue.
+/// Nothing in flight and nothing startable queued.
+fn idle(buf: &Buffer) -> bool {
+    buf.flights.is_empty()
+        && buf
+            .queues
+            .values()
+            .all(|q| q.front().is_none_or(|i| !buf.may_start(i.seq)))
+}
+
+/// Publishes an unpark marker for `to`; returns its stream sequence.
+async fn send_marker(shared: &Shared, to: &AgentId, inbox: &str) -> Result<u64, String> {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(MESH_UNPARK_REPLY, inbox);
+    let ack = shared
+        .js
+        .publish_with_headers(
+            shared.subjects.unpark_marker(to),
+            headers,
+            bytes::Bytes::new(),
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(ack.sequence)
+}
+
+/// After a resume or a declined marker: start the head of every idle sender's queue.
 fn restart_senders(shared: &Arc<Shared>, buf: &mut Buffer) {
     let idle: Vec<AgentId> = buf
         .queues
-        .keys()
-        .filter(|s| !buf.busy.contains(*s))
-        .cloned()
+        .iter()
+        .filter(|(s, q)| !buf.busy.contains(*s) && q.front().is_some_and(|i| buf.may_start(i.seq)))
+        .map(|(s, _)| s.clone())
         .collect();
     for from in idle {
         buf.busy.insert(from.clone());
@@ -317,6 +442,7 @@ async fn admit(
     buf: &mut Buffer,
     msg: jetstream::Message,
     to: &AgentId,
+    skip: &HashSet<u64>,
     deliver_now: bool,
 ) {
     let (seq, delivered) = match msg.info() {
@@ -328,6 +454,16 @@ async fn admit(
     };
     if buf.held.contains(&seq) {
         // A redelivery of an intent this worker still holds: the held copy will be acked.
+        return;
+    }
+    let is_marker = msg
+        .headers
+        .as_ref()
+        .is_some_and(|h| h.get(MESH_UNPARK_REPLY).is_some());
+    if skip.contains(&seq) || is_marker {
+        // Delivered by the shared lane before the recipient was parked (or another recipient's
+        // unpark marker, for an agent named `_unpark`).
+        let _ = msg.ack().await;
         return;
     }
     let item = match check(shared, &msg, seq) {
@@ -357,7 +493,7 @@ async fn admit(
         admitted: false,
     };
     buf.held.insert(seq);
-    if buf.busy.contains(&from) || !deliver_now {
+    if buf.busy.contains(&from) || !deliver_now || !buf.may_start(seq) {
         buf.queues.entry(from).or_default().push_back(item);
     } else {
         buf.busy.insert(from);
@@ -365,11 +501,17 @@ async fn admit(
     }
 }
 
-type Checked = (AgentId, AgentId, String, String, f64);
-type Refused = (Option<AgentId>, Refusal, String);
+/// A valid intent: recipient, sender, action, intent id, cost.
+pub(crate) type Checked = (AgentId, AgentId, String, String, f64);
+/// A refused one: sender (when valid), why, intent id.
+pub(crate) type Refused = (Option<AgentId>, Refusal, String);
 
 /// Validates subject and headers; what fails is rejected 400.
-fn check(shared: &Shared, msg: &jetstream::Message, seq: u64) -> Result<Checked, Refused> {
+pub(crate) fn check(
+    shared: &Shared,
+    msg: &jetstream::Message,
+    seq: u64,
+) -> Result<Checked, Refused> {
     let msg_id = msg
         .headers
         .as_ref()
@@ -382,7 +524,17 @@ fn check(shared: &Shared, msg: &jetstream::Message, seq: u64) -> Result<Checked,
     };
     let parsed = match shared.subjects.parse_intent(msg.subject.as_str()) {
         Ok(p) => p,
-        Err(e) => return Err((None, Refusal::Invalid(e.to_string()), id)),
+        Err(e) => {
+            // A bad recipient or action still has a sender that deserves the notice.
+            let from = msg
+                .subject
+                .as_str()
+                .strip_prefix(shared.subjects.prefix())
+                .and_then(|r| r.strip_prefix(".intent."))
+                .and_then(|r| r.split('.').next())
+                .and_then(|f| AgentId::new(f).ok());
+            return Err((from, Refusal::Invalid(e.to_string()), id));
+        }
     };
     let mut cost = 0.0;
     if let Some(value) = msg.headers.as_ref().and_then(|h| h.get(MESH_COST)) {
@@ -409,7 +561,7 @@ fn start(shared: &Arc<Shared>, buf: &mut Buffer, item: Item) {
     let seq = item.seq;
     let shared = shared.clone();
     buf.flights.push(Box::pin(async move {
-        let outcome = deliver(shared, item, from_gate, to_gate).await;
+        let outcome = deliver(shared, item, from_gate, to_gate, OnFailure::Retry).await;
         (from, seq, outcome)
     }));
 }
@@ -417,7 +569,12 @@ fn start(shared: &Arc<Shared>, buf: &mut Buffer, item: Item) {
 /// After a delivery of `from` ended: start its next intent (unless the recipient is killed or
 /// the gateway stops, when it stays queued for the hand-back), or mark the sender idle.
 fn next_for_sender(shared: &Arc<Shared>, buf: &mut Buffer, from: AgentId, go_on: bool) {
-    let next = if go_on && !shared.cancel.is_cancelled() {
+    let startable = buf
+        .queues
+        .get(&from)
+        .and_then(VecDeque::front)
+        .is_some_and(|i| buf.may_start(i.seq));
+    let next = if go_on && startable && !shared.cancel.is_cancelled() {
         buf.queues.get_mut(&from).and_then(VecDeque::pop_front)
     } else {
         None
@@ -437,7 +594,7 @@ fn next_for_sender(shared: &Arc<Shared>, buf: &mut Buffer, from: AgentId, go_on:
 /// JetStream redelivers it in the original order. Returns how many intents were handed back.
 async fn hand_back(buf: &mut Buffer) -> u64 {
     while let Some((_, _, outcome)) = buf.flights.next().await {
-        if let Outcome::HandBack(item) = outcome {
+        if let Outcome::HandBack(item) | Outcome::Unreachable(item) = outcome {
             buf.handed_back.push(*item);
         }
     }

@@ -56,9 +56,10 @@ pub async fn live_replicas(store: &kv::Store) -> Result<Vec<String>, CliError> {
 /// How a fence ended.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Fence {
-    /// Replicas live when the fence started.
+    /// Replicas live when the fence started (listed just before the flag was written).
     pub live: Vec<String>,
-    /// Replicas that confirmed (live ones, and any other that answered in time).
+    /// Replicas that confirmed (live ones, and any other that answered in time, such as one
+    /// that started after the listing).
     pub confirmed: Vec<String>,
     /// Live replicas that did not confirm before the deadline.
     pub missing: Vec<String>,
@@ -84,7 +85,8 @@ impl Fence {
 }
 
 /// Reads fence acknowledgements from `acks` until every replica in `live` has confirmed
-/// revision `revision` (or later) of `agent`'s flag, or `deadline` passes.
+/// revision `revision` (or later) of `agent`'s flag, or `deadline` passes. A confirmation from
+/// a replica not in `live` is recorded in `confirmed` but is not waited for.
 pub async fn wait(
     acks: &mut Subscriber,
     agent: &AgentId,

@@ -5,9 +5,14 @@
 //!
 //! The order matters. The fence subscription exists before the flag is written, so that no
 //! confirmation can be missed (the server handles one connection's protocol in order, so the
-//! `SUB` is registered before the KV put that follows it). The hold (the recipient's consumer
-//! paused) is written by mesh-cli as well as by every gateway, so it is in force in NATS even
-//! with no gateway running.
+//! `SUB` is registered before the KV put that follows it). The live replicas are listed before
+//! the flag is written too, so the fence time measures the protocol (flag written → last
+//! confirmation) and nothing else; a replica that comes up between the listing and the write
+//! reads the new flag when it starts, and its confirmation is accepted if it comes in time.
+//! The flag is the hold: every replica reads it before it delivers anything. Once a gateway has
+//! parked the agent's inbound work on a consumer of its own, that consumer is paused as well
+//! (by mesh-cli and by every gateway), so the work stays quiet in NATS; mesh-cli pauses it while
+//! it waits for the confirmations, and a pause that fails is still an error.
 
 use std::time::Duration;
 
@@ -73,6 +78,7 @@ impl Switch {
             .subscribe(fenced_subject.clone())
             .await
             .map_err(|e| CliError::nats(format!("could not subscribe to {fenced_subject}"), e))?;
+        let live = fence::live_replicas(&objects.gateways).await?;
 
         let record = if killed {
             KillRecord::killed(&self.reason, &self.by)
@@ -81,6 +87,7 @@ impl Switch {
         };
         let bytes = mesh_schemas::encode(&record)
             .map_err(|e| CliError::nats("could not encode the kill record", e))?;
+        let gateway_config = mesh.cfg.gateway_config();
         let started = Instant::now();
         let revision = objects
             .kill
@@ -95,27 +102,21 @@ impl Switch {
                     e,
                 )
             })?;
-        setup::set_hold(
-            &objects.intents,
-            &mesh.cfg.gateway_config(),
-            &self.agent,
-            killed,
-        )
-        .await?;
-
-        let live = fence::live_replicas(&objects.gateways).await?;
-        let fence = fence::wait(
-            &mut acks,
-            &self.agent,
-            revision,
-            live,
-            started,
-            started + self.timeout,
-        )
-        .await;
+        let (hold, fence) = tokio::join!(
+            setup::set_hold(&objects.intents, &gateway_config, &self.agent, killed),
+            fence::wait(
+                &mut acks,
+                &self.agent,
+                revision,
+                live,
+                started,
+                started + self.timeout,
+            )
+        );
         if let Err(e) = acks.unsubscribe().await {
             tracing::debug!(error = %e, "could not unsubscribe from fence acks");
         }
+        hold?;
 
         self.notify(mesh, &record).await;
         let pending = pending(mesh, &objects.intents, &self.agent).await;
@@ -252,17 +253,17 @@ fn plural(n: u64, word: &str) -> String {
     }
 }
 
-/// Intents waiting for `agent`: not yet delivered plus delivered and not yet acknowledged.
+/// Intents waiting for `agent`: held by its parked consumer, or not yet delivered by the shared
+/// lane (see `mesh_gateway::setup::pending_for`).
 pub async fn pending(
     mesh: &Mesh,
     intents: &async_nats::jetstream::stream::Stream,
     agent: &AgentId,
 ) -> Option<u64> {
-    let name = mesh.cfg.names.inbound_consumer(agent);
-    match intents.consumer_info(&name).await {
-        Ok(info) => Some(info.num_pending + info.num_ack_pending as u64),
+    match setup::pending_for(intents, &mesh.cfg.gateway_config(), agent).await {
+        Ok(n) => Some(n),
         Err(e) => {
-            tracing::warn!(consumer = %name, error = %e, "could not read the pending count");
+            tracing::warn!(%agent, error = %e, "could not count the pending intents");
             None
         }
     }

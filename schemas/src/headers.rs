@@ -21,6 +21,9 @@ pub const MESH_INSTANCE: &str = "Mesh-Instance";
 /// Cumulative cost reported by an instance, on a heartbeat.
 pub const MESH_COST_TOTAL: &str = "Mesh-Cost-Total";
 
+/// Marks an unpark marker (gateway-internal); its value is the inbox for the answer.
+pub const MESH_UNPARK_REPLY: &str = "Mesh-Unpark-Reply";
+
 /// Longest accepted `Nats-Msg-Id`, in bytes.
 pub const MAX_MSG_ID_LEN: usize = 256;
 

@@ -49,9 +49,18 @@ impl MeshNames {
         Subjects::new(self.prefix.clone())
     }
 
-    /// The durable consumer that holds and delivers `id`'s inbound intents.
+    /// The durable consumer that holds `id`'s inbound intents while `id` is parked (killed,
+    /// unreachable or backlogged) and delivers them when it comes back.
     pub fn inbound_consumer(&self, id: &AgentId) -> String {
-        format!("in_{id}")
+        format!("{}{id}", Self::INBOUND_PREFIX)
+    }
+
+    /// Name prefix of the per-recipient (parked) consumers.
+    pub const INBOUND_PREFIX: &'static str = "in_";
+
+    /// The shared durable consumer that delivers every intent of recipients that are not parked.
+    pub fn delivery_consumer(&self) -> String {
+        "mesh_deliver".to_string()
     }
 
     /// `<prefix>.event.<kind>.<id>`: alert events (degraded, unreachable, autokill).

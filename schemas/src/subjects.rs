@@ -171,6 +171,32 @@ impl Subjects {
     pub fn fenced(&self, id: &AgentId) -> String {
         format!("{}.gw.fenced.{id}", self.prefix)
     }
+
+    /// `<p>.gw.parked.<id>`: a gateway parked `<id>`'s inbound work on its own consumer; every
+    /// replica starts a drain for it.
+    pub fn parked(&self, id: &AgentId) -> String {
+        format!("{}.gw.parked.{id}", self.prefix)
+    }
+
+    /// `<p>.gw.parked.*`: every parking notice.
+    pub fn parked_filter(&self) -> String {
+        format!("{}.gw.parked.*", self.prefix)
+    }
+
+    /// `<p>.intent._mesh._unpark.<id>`: an unpark marker. It lives in the intents stream so that
+    /// the shared delivery lane meets it in stream order; its fourth token is not `<id>`, so the
+    /// recipient's own consumer does not see it.
+    pub fn unpark_marker(&self, id: &AgentId) -> String {
+        format!("{}.intent._mesh._unpark.{id}", self.prefix)
+    }
+
+    /// The recipient of an unpark marker subject, if `subject` is one.
+    pub fn parse_unpark_marker<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".intent._mesh._unpark.")
+            .filter(|rest| !rest.contains('.'))
+    }
 }
 
 #[cfg(test)]
@@ -190,6 +216,17 @@ mod tests {
         assert_eq!(parsed.from, id("A"));
         assert_eq!(parsed.to, id("B"));
         assert_eq!(parsed.action, "deploy.service");
+    }
+
+    #[test]
+    fn unpark_markers_round_trip_and_miss_the_recipient_filter() {
+        let s = Subjects::default();
+        let marker = s.unpark_marker(&id("B"));
+        assert_eq!(s.parse_unpark_marker(&marker), Some("B"));
+        assert_eq!(s.parse_unpark_marker("mesh.intent.A.B.work"), None);
+        assert_eq!(s.parse_unpark_marker("mesh.intent._mesh._unpark.B.x"), None);
+        // `<p>.intent.*.B.>` needs B as the fourth token.
+        assert_ne!(marker.split('.').nth(3), Some("B"));
     }
 
     #[test]

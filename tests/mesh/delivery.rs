@@ -32,16 +32,23 @@ async fn intents_arrive_once_in_order_per_sender_with_delivery_headers() {
     assert!(first.intent_id.len() > 4, "intent id set: {first:?}");
     assert_eq!(first.attempt, 1);
 
-    // Every intent was acknowledged: nothing is left pending on the recipient's consumer.
+    // Every intent was acknowledged on the shared lane; B was never parked.
     let stream = js.get_stream("MESH_INTENTS").await.expect("stream");
     mesh_tests::eventually("all intents acked", || {
         let stream = stream.clone();
         async move {
-            let info = stream.consumer_info("in_B").await.expect("consumer info");
+            let info = stream
+                .consumer_info("mesh_deliver")
+                .await
+                .expect("consumer info");
             info.num_pending == 0 && info.num_ack_pending == 0
         }
     })
     .await;
+    assert!(
+        stream.consumer_info("in_B").await.is_err(),
+        "a recipient that answers is never parked"
+    );
     gw.stop().await;
 }
 
@@ -80,15 +87,19 @@ async fn a_recipient_that_never_replies_does_not_slow_the_others() {
         took < std::time::Duration::from_secs(20),
         "fast agent took {took:?}"
     );
-    // And the silent agent's intents are still pending, not dropped.
-    let info = js
-        .get_stream("MESH_INTENTS")
-        .await
-        .expect("stream")
-        .consumer_info("in_slow")
-        .await
-        .expect("info");
-    assert_eq!(info.num_pending + info.num_ack_pending as u64, 50);
+    // And the silent agent's intents are still pending, not dropped: parked on its own
+    // consumer once a delivery timed out.
+    let stream = js.get_stream("MESH_INTENTS").await.expect("stream");
+    mesh_tests::eventually("the silent agent's 50 intents parked", || {
+        let stream = stream.clone();
+        async move {
+            stream
+                .consumer_info("in_slow")
+                .await
+                .is_ok_and(|i| i.num_pending + i.num_ack_pending as u64 == 50)
+        }
+    })
+    .await;
     gw.stop().await;
 }
 

@@ -18,6 +18,10 @@ use crate::Ctx;
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {}
 
+/// Up to this many agents, `status` counts the pending intents of every agent; above it, only
+/// of killed ones (the others show `-`).
+const COUNT_ALL_PENDING_UP_TO: usize = 200;
+
 /// One agent's line.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct AgentStatus {
@@ -33,7 +37,9 @@ pub struct AgentStatus {
     pub since_unix_ms: Option<u64>,
     /// Whether the inbound consumer is paused (the kill hold); `None` without a consumer.
     pub held: Option<bool>,
-    /// Intents waiting for the agent (pending plus unacknowledged); `None` without a consumer.
+    /// Intents waiting for the agent: its parked consumer's pending plus unacknowledged, or for a
+    /// killed agent not parked yet, its intents after the shared lane's ack floor; `None` for an
+    /// agent whose work flows on the shared lane.
     pub pending: Option<u64>,
     /// Rejections of the agent's intents in the audit trail.
     pub rejected: u64,
@@ -219,6 +225,29 @@ pub async fn read(mesh: &Mesh) -> Result<Status, CliError> {
             let a = slot(&mut agents, id);
             a.pending = Some(info.num_pending + info.num_ack_pending as u64);
             a.held = Some(info.paused);
+        }
+        // Agents that are not parked have their waiting intents counted too (a short-lived
+        // consumer each): always for killed agents, which is what an operator looks for, and
+        // for every agent in a mesh small enough for that to stay quick.
+        let gw = mesh.cfg.gateway_config();
+        let everyone = agents.len() <= COUNT_ALL_PENDING_UP_TO;
+        for (id, a) in agents.iter_mut() {
+            if a.pending.is_some() || !(everyone || a.state == "killed") {
+                continue;
+            }
+            let Ok(agent) = AgentId::new(id.as_str()) else {
+                continue;
+            };
+            match mesh_gateway::setup::pending_for(&intents, &gw, &agent).await {
+                Ok(n) => {
+                    a.pending = Some(n);
+                    // Not parked: its work is held exactly when the flag says killed.
+                    a.held.get_or_insert(a.state == "killed");
+                }
+                Err(e) => {
+                    tracing::warn!(agent = %id, error = %e, "could not count pending intents")
+                }
+            }
         }
     }
 

@@ -1,0 +1,483 @@
+//! The shared delivery lane: one durable pull consumer over the whole intents stream, pinned to
+//! one replica at a time (the active replica), delivers every intent whose recipient is not
+//! parked.
+//!
+//! One consumer instead of one per recipient is what makes the mesh cost about what NATS costs:
+//! nats-server serves one consumer in large batches, where a consumer per recipient made it search
+//! a filtered subject index per message and rewrite thousands of consumer state files.
+//!
+//! Order per sender: the lane sees the stream in order and keeps, per recipient, one queue per
+//! sender with one delivery in flight. A recipient that cannot take its work now is *parked*:
+//! its queued intents move (by stream sequence) to a durable consumer of its own, `in_<id>`,
+//! which holds them in NATS and replays them in order ([`crate::worker`]). A recipient is parked
+//! when it is killed, when a delivery to it finds no responder or times out, and when more than
+//! `park_backlog` intents queue up for it. While it is parked the lane acknowledges (skips) its
+//! intents: its own consumer has them. When its lane has caught up, the drain publishes an
+//! unpark marker into the intents stream; the shared lane meets it in stream order and, if the
+//! parked consumer has acknowledged everything before the marker, deletes it and delivers the
+//! recipient's later intents itself ([`crate::park`]).
+//!
+//! The lane is the only writer of the parked set: only the active replica parks and unparks,
+//! and a replica that becomes active re-reads the set from NATS first.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use mesh_schemas::headers::MESH_UNPARK_REPLY;
+use mesh_schemas::{AgentId, MeshNames};
+use tokio::time::Instant;
+
+use crate::deliver::{deliver, Item, OnFailure, Outcome};
+use crate::park;
+use crate::setup;
+use crate::worker::{check, Shared};
+
+/// Delivered stream sequences remembered per recipient, to tell a parked consumer which of the
+/// intents after its start are delivered already.
+const RECENT_DONE: usize = 512;
+
+/// A replica that saw no message for this long may have lost the pin and got it back: it
+/// re-reads the parked set before it acts on the next message.
+const REFRESH_AFTER_IDLE: Duration = Duration::from_secs(1);
+
+/// Runs the lane until the gateway stops.
+pub async fn run(shared: Arc<Shared>) {
+    let consumer = loop {
+        match setup::ensure_delivery_consumer(&shared.objects.intents, &shared.cfg).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot get the shared delivery consumer; retrying");
+                if shared.pause(Duration::from_secs(1)).await {
+                    return;
+                }
+            }
+        }
+    };
+    // Deliveries a stopped replica left unacknowledged come back only after the ack wait; start
+    // after them so that they are not overtaken by newer intents of the same sender.
+    if let Ok(info) = consumer.get_info().await {
+        if info.num_ack_pending > 0 {
+            tracing::info!(
+                unacked = info.num_ack_pending,
+                "waiting for unacknowledged deliveries of another replica to return"
+            );
+            if shared
+                .pause(shared.cfg.ack_wait + Duration::from_secs(1))
+                .await
+            {
+                return;
+            }
+        }
+    }
+    let mut lane = Lane::new(shared.clone());
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match lane.follow(&consumer).await {
+            Ended::Cancelled => return,
+            Ended::Stream(why) => {
+                tracing::warn!(why, "shared delivery subscription ended; reopening");
+                if shared.pause(backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+enum Ended {
+    Cancelled,
+    Stream(String),
+}
+
+type Flight = futures::future::BoxFuture<'static, (AgentId, AgentId, u64, Outcome)>;
+
+/// One recipient's work in the lane.
+#[derive(Default)]
+struct Recipient {
+    /// Intents waiting behind the one in flight of the same sender.
+    queues: HashMap<AgentId, VecDeque<Item>>,
+    /// Senders with a delivery in flight.
+    busy: HashSet<AgentId>,
+    queued: usize,
+    /// Stream sequences of its last deliveries (and rejections), newest last.
+    recent_done: VecDeque<u64>,
+    /// Parking asked for: start nothing new; park once nothing is in flight.
+    parking: bool,
+}
+
+impl Recipient {
+    fn idle(&self) -> bool {
+        self.busy.is_empty() && self.queued == 0
+    }
+}
+
+struct Lane {
+    shared: Arc<Shared>,
+    recipients: HashMap<AgentId, Recipient>,
+    /// Recipients with a consumer of their own; the lane skips their intents.
+    parked: HashSet<AgentId>,
+    /// Whether `parked` was read from NATS since this replica last became active.
+    parked_known: bool,
+    /// Stream sequences in memory (queued or in flight), to drop JetStream redeliveries.
+    held: HashSet<u64>,
+    flights: FuturesUnordered<Flight>,
+    /// Intents in memory.
+    total: usize,
+    last_message: Instant,
+    /// No parking attempt before this (after a failed one).
+    park_retry_at: Instant,
+}
+
+impl Lane {
+    fn new(shared: Arc<Shared>) -> Self {
+        Lane {
+            shared,
+            recipients: HashMap::new(),
+            parked: HashSet::new(),
+            parked_known: false,
+            held: HashSet::new(),
+            flights: FuturesUnordered::new(),
+            total: 0,
+            last_message: Instant::now(),
+            park_retry_at: Instant::now(),
+        }
+    }
+
+    async fn follow(&mut self, consumer: &PullConsumer) -> Ended {
+        let cfg = self.shared.cfg.clone();
+        let batch = usize::try_from(cfg.delivery_max_ack_pending)
+            .unwrap_or(1024)
+            .clamp(1, 1024);
+        // Expiry well inside the pin timeout, so that the pin never lapses while this replica
+        // is alive.
+        let expires =
+            (cfg.pin_timeout / 4).clamp(Duration::from_millis(500), Duration::from_secs(5));
+        let mut messages = match consumer
+            .stream()
+            .group(MeshNames::PRIORITY_GROUP)
+            .max_messages_per_batch(batch)
+            .expires(expires)
+            .heartbeat(expires / 2)
+            .messages()
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => return Ended::Stream(e.to_string()),
+        };
+        let limit = usize::try_from(cfg.delivery_max_ack_pending).unwrap_or(usize::MAX);
+        let mut progress = tokio::time::interval(cfg.ack_wait / 3);
+        progress.tick().await;
+        let mut sweep = tokio::time::interval(Duration::from_millis(250));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shared.cancel.cancelled() => {
+                    self.hand_back().await;
+                    return Ended::Cancelled;
+                }
+                Some((to, from, seq, outcome)) = self.flights.next(), if !self.flights.is_empty() => {
+                    self.finished(to, from, seq, outcome);
+                }
+                _ = progress.tick() => {
+                    for r in self.recipients.values() {
+                        for item in r.queues.values().flatten() {
+                            let _ = item.msg.ack_with(AckKind::Progress).await;
+                        }
+                    }
+                }
+                _ = sweep.tick() => self.sweep(),
+                msg = messages.next(), if self.total < limit => {
+                    match msg {
+                        None => {
+                            self.hand_back().await;
+                            return Ended::Stream("subscription closed".into());
+                        }
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "shared delivery subscription reported an error");
+                        }
+                        Some(Ok(msg)) => self.received(msg).await,
+                    }
+                }
+            }
+            self.park_ready().await;
+        }
+    }
+
+    /// A message from the shared consumer.
+    async fn received(&mut self, msg: jetstream::Message) {
+        let (seq, delivered) = match msg.info() {
+            Ok(info) => (info.stream_sequence, info.delivered.max(1) as u32),
+            Err(e) => {
+                tracing::warn!(error = %e, "message without JetStream metadata; ignored");
+                return;
+            }
+        };
+        if self.last_message.elapsed() >= REFRESH_AFTER_IDLE {
+            self.parked_known = false;
+        }
+        self.last_message = Instant::now();
+        if !self.parked_known {
+            match setup::parked_recipients(&self.shared.objects.intents, &self.shared.cfg.names)
+                .await
+            {
+                Ok(set) => {
+                    self.parked = set;
+                    self.parked_known = true;
+                }
+                Err(e) => {
+                    // Without the parked set the lane could deliver a parked recipient's intent
+                    // twice or out of order: leave the message to come back.
+                    tracing::warn!(error = %e, "cannot list parked recipients; retrying");
+                    let _ = msg
+                        .ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
+                        .await;
+                    return;
+                }
+            }
+        }
+        if self.held.contains(&seq) {
+            // A redelivery of an intent this lane still holds: the held copy will be acked.
+            return;
+        }
+        let shared = self.shared.clone();
+        if let Some(raw) = shared.subjects.parse_unpark_marker(msg.subject.as_str()) {
+            if let Some(reply) = msg.headers.as_ref().and_then(|h| h.get(MESH_UNPARK_REPLY)) {
+                let reply = reply.as_str().to_string();
+                if let Ok(to) = AgentId::new(raw) {
+                    self.unpark(&to, seq, &reply).await;
+                }
+                let _ = msg.ack().await;
+                return;
+            }
+        }
+        let (to, from, action, intent_id, cost) = match check(&shared, &msg, seq) {
+            Ok(parsed) => parsed,
+            Err((from, refusal, id)) => {
+                if let Err(e) = shared
+                    .rejector
+                    .reject(&msg, from.as_ref(), &id, seq, &refusal)
+                    .await
+                {
+                    tracing::warn!(error = %e, seq, "rejection not recorded; the intent will come back");
+                }
+                return;
+            }
+        };
+        if self.parked.contains(&to) {
+            // Its own consumer has this intent.
+            let _ = msg.ack().await;
+            return;
+        }
+        let item = Item {
+            msg,
+            seq,
+            delivered,
+            from: from.clone(),
+            to: to.clone(),
+            action,
+            intent_id,
+            cost,
+            admitted: false,
+        };
+        self.held.insert(seq);
+        self.total += 1;
+        let killed = shared.gates.get(&to).is_killed();
+        let r = self.recipients.entry(to.clone()).or_default();
+        if killed {
+            r.parking = true;
+        }
+        if r.parking || r.busy.contains(&from) {
+            r.queues.entry(from).or_default().push_back(item);
+            r.queued += 1;
+            if r.queued > shared.cfg.park_backlog && !r.parking {
+                tracing::info!(%to, queued = r.queued, "recipient backlogged; parking it");
+                r.parking = true;
+            }
+        } else {
+            r.busy.insert(from);
+            self.flights.push(start(&shared, item));
+        }
+    }
+
+    /// A delivery ended.
+    fn finished(&mut self, to: AgentId, from: AgentId, seq: u64, outcome: Outcome) {
+        let back = match outcome {
+            Outcome::Done => {
+                self.held.remove(&seq);
+                self.total -= 1;
+                None
+            }
+            Outcome::HandBack(item) | Outcome::Unreachable(item) => Some(item),
+        };
+        let Some(r) = self.recipients.get_mut(&to) else {
+            return;
+        };
+        match back {
+            None => {
+                r.recent_done.push_back(seq);
+                if r.recent_done.len() > RECENT_DONE {
+                    r.recent_done.pop_front();
+                }
+            }
+            Some(item) => {
+                // Back to the head of its sender's queue (it is the oldest), and park the
+                // recipient: it is killed, or did not answer.
+                r.queues.entry(from.clone()).or_default().push_front(*item);
+                r.queued += 1;
+                r.parking = true;
+            }
+        }
+        let next = if r.parking || self.shared.cancel.is_cancelled() {
+            None
+        } else {
+            r.queues.get_mut(&from).and_then(VecDeque::pop_front)
+        };
+        if r.queues.get(&from).is_some_and(VecDeque::is_empty) {
+            r.queues.remove(&from);
+        }
+        match next {
+            Some(item) => {
+                r.queued -= 1;
+                self.flights.push(start(&self.shared, item));
+            }
+            None => {
+                r.busy.remove(&from);
+                // Nothing queued: later intents start after everything delivered, so its
+                // delivered sequences need not be remembered any more.
+                if r.idle() && !r.parking {
+                    self.recipients.remove(&to);
+                }
+            }
+        }
+    }
+
+    /// Asks to park every recipient with queued work that is killed now.
+    fn sweep(&mut self) {
+        for (to, r) in self.recipients.iter_mut() {
+            if r.queued > 0 && !r.parking && self.shared.gates.get(to).is_killed() {
+                r.parking = true;
+            }
+        }
+    }
+
+    /// Parks every recipient that asked for it and has nothing in flight any more.
+    async fn park_ready(&mut self) {
+        if Instant::now() < self.park_retry_at {
+            return;
+        }
+        let ready: Vec<AgentId> = self
+            .recipients
+            .iter()
+            .filter(|(_, r)| r.parking && r.busy.is_empty())
+            .map(|(to, _)| to.clone())
+            .collect();
+        for to in ready {
+            let Some(mut r) = self.recipients.remove(&to) else {
+                continue;
+            };
+            let mut items: Vec<Item> = r.queues.drain().flat_map(|(_, q)| q).collect();
+            if items.is_empty() {
+                continue;
+            }
+            items.sort_by_key(|i| i.seq);
+            let start = items[0].seq;
+            let skip: Vec<u64> = r
+                .recent_done
+                .iter()
+                .copied()
+                .filter(|s| *s > start)
+                .collect();
+            let killed = self.shared.gates.get(&to).is_killed();
+            match park::park(&self.shared, &to, start, &skip, killed).await {
+                Ok(()) => {
+                    for item in &items {
+                        let _ = item.msg.ack().await;
+                        self.held.remove(&item.seq);
+                    }
+                    self.total -= items.len();
+                    self.parked.insert(to.clone());
+                    tracing::info!(%to, start, intents = items.len(), killed, "recipient parked");
+                }
+                Err(e) => {
+                    tracing::warn!(%to, error = %e, source = ?std::error::Error::source(&e), "could not park a recipient; retrying");
+                    r.queued = items.len();
+                    for item in items {
+                        r.queues
+                            .entry(item.from.clone())
+                            .or_default()
+                            .push_back(item);
+                    }
+                    self.recipients.insert(to, r);
+                    self.park_retry_at = Instant::now() + Duration::from_secs(1);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// An unpark marker for `to` at stream sequence `seq`.
+    async fn unpark(&mut self, to: &AgentId, seq: u64, reply: &str) {
+        let accepted = if self.parked.contains(to) {
+            match park::try_unpark(&self.shared, to, seq).await {
+                Ok(true) => {
+                    self.parked.remove(to);
+                    tracing::info!(%to, marker = seq, "recipient unparked");
+                    true
+                }
+                Ok(false) => false,
+                Err(e) => {
+                    tracing::warn!(%to, error = %e, "could not check an unpark marker");
+                    false
+                }
+            }
+        } else {
+            true
+        };
+        let answer = if accepted { "accepted" } else { "declined" };
+        if let Err(e) = self
+            .shared
+            .client
+            .publish(reply.to_string(), format!("{answer} {seq}").into())
+            .await
+        {
+            tracing::debug!(error = %e, "could not answer an unpark marker");
+        }
+    }
+
+    /// Waits for deliveries in flight, then NAKs everything queued, lowest sequence first, so that
+    /// JetStream redelivers it in the original order.
+    async fn hand_back(&mut self) {
+        let mut all: Vec<Item> = Vec::new();
+        while let Some((_, _, _, outcome)) = self.flights.next().await {
+            if let Outcome::HandBack(item) | Outcome::Unreachable(item) = outcome {
+                all.push(*item);
+            }
+        }
+        for (_, mut r) in self.recipients.drain() {
+            all.extend(r.queues.drain().flat_map(|(_, q)| q));
+        }
+        all.sort_by_key(|i| i.seq);
+        for item in &all {
+            let _ = item.msg.ack_with(AckKind::Nak(None)).await;
+        }
+        self.held.clear();
+        self.total = 0;
+    }
+}
+
+fn start(shared: &Arc<Shared>, item: Item) -> Flight {
+    let from_gate = shared.gates.get(&item.from);
+    let to_gate = shared.gates.get(&item.to);
+    let (to, from, seq) = (item.to.clone(), item.from.clone(), item.seq);
+    let shared = shared.clone();
+    Box::pin(async move {
+        let outcome = deliver(shared, item, from_gate, to_gate, OnFailure::GiveBack).await;
+        (to, from, seq, outcome)
+    })
+}

@@ -1,0 +1,86 @@
+//! Parking and unparking a recipient: moving its inbound work between the shared delivery lane
+//! ([`crate::lane`]) and a durable consumer of its own, `in_<id>` ([`crate::worker`]).
+//!
+//! Parking creates the recipient's consumer at the first intent the shared lane has not
+//! delivered, with the few later ones it had delivered already listed as a skip list in the
+//! consumer's metadata; from then on the shared lane skips the recipient's intents.
+//!
+//! Unparking is decided by the shared lane when it meets an unpark marker at stream sequence
+//! `K`: the recipient's intents before `K` went to its consumer, those after `K` the lane will
+//! deliver itself. That is safe only if the consumer has acknowledged every intent before `K`,
+//! which NATS can tell: its ack floor, and the first intent to the recipient after the floor.
+
+use std::sync::Arc;
+
+use async_nats::jetstream::stream::RawMessageErrorKind;
+use mesh_schemas::AgentId;
+
+use crate::setup::{self, SetupError};
+use crate::worker::Shared;
+
+/// Parks `to` from stream sequence `start`; `skip` lists later sequences delivered already.
+pub async fn park(
+    shared: &Arc<Shared>,
+    to: &AgentId,
+    start: u64,
+    skip: &[u64],
+    killed: bool,
+) -> Result<(), SetupError> {
+    let stream = &shared.objects.intents;
+    setup::create_parked_consumer(stream, &shared.cfg, to, start, skip, killed).await?;
+    // A kill that landed while the consumer was being created: hold it now.
+    if !killed && shared.gates.get(to).is_killed() {
+        setup::set_hold(stream, &shared.cfg, to, true).await?;
+    }
+    // Every replica starts a drain for it (they also find it by listing consumers).
+    if let Err(e) = shared
+        .client
+        .publish(shared.subjects.parked(to), bytes::Bytes::new())
+        .await
+    {
+        tracing::debug!(%to, error = %e, "could not announce a parked recipient");
+    }
+    Ok(())
+}
+
+/// Whether `to` can leave its own consumer at the marker with stream sequence `marker`; when it
+/// can, its consumer is deleted and `true` returned.
+pub async fn try_unpark(
+    shared: &Arc<Shared>,
+    to: &AgentId,
+    marker: u64,
+) -> Result<bool, SetupError> {
+    if shared.gates.get(to).is_killed() {
+        return Ok(false);
+    }
+    let stream = &shared.objects.intents;
+    let name = shared.cfg.names.inbound_consumer(to);
+    let consumer_error = |e: Box<dyn std::error::Error + Send + Sync>| SetupError::Consumer {
+        name: name.clone(),
+        source: e,
+    };
+    let info = match stream.consumer_info(&name).await {
+        Ok(info) => info,
+        Err(e) if setup::is_not_found(&e) => return Ok(true),
+        Err(e) => return Err(consumer_error(Box::new(e))),
+    };
+    // Everything up to the ack floor is acknowledged; the next intent to `to` after it must not
+    // be older than the marker.
+    let floor = info.ack_floor.stream_sequence;
+    let next = stream
+        .raw_message_builder()
+        .sequence(floor + 1)
+        .next_by_subject(shared.subjects.intents_to(to))
+        .send()
+        .await;
+    match next {
+        Ok(m) if m.sequence < marker => return Ok(false),
+        Ok(_) => {}
+        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {}
+        Err(e) => return Err(consumer_error(Box::new(e))),
+    }
+    match stream.delete_consumer(&name).await {
+        Ok(_) => Ok(true),
+        Err(e) => Err(consumer_error(Box::new(e))),
+    }
+}

@@ -44,6 +44,10 @@ const RECENT_DONE: usize = 512;
 /// re-reads the parked set before it acts on the next message.
 const REFRESH_AFTER_IDLE: Duration = Duration::from_secs(1);
 
+/// How long a stepping-down replica pauses the shared consumer at most (it resumes it itself
+/// after a few milliseconds; this bounds the pause if the process dies in between).
+const STEP_DOWN_PAUSE: Duration = Duration::from_secs(5);
+
 /// Runs the lane until the gateway stops.
 pub async fn run(shared: Arc<Shared>) {
     let consumer = loop {
@@ -178,7 +182,7 @@ impl Lane {
             tokio::select! {
                 biased;
                 _ = self.shared.cancel.cancelled() => {
-                    self.hand_back().await;
+                    self.step_down(messages).await;
                     return Ended::Cancelled;
                 }
                 Some((to, from, seq, outcome)) = self.flights.next(), if !self.flights.is_empty() => {
@@ -205,7 +209,28 @@ impl Lane {
                     }
                 }
             }
+            if self.total >= limit {
+                self.relieve();
+            }
             self.park_ready().await;
+        }
+    }
+
+    /// The lane holds as much as it may: park the recipient with the most queued work, so that
+    /// work for recipients that are slow (but under `park_backlog` each), or from senders that a
+    /// rate limit holds back, moves to consumers of their own instead of stalling everyone.
+    fn relieve(&mut self) {
+        if self.recipients.values().any(|r| r.parking) {
+            return;
+        }
+        if let Some((to, r)) = self
+            .recipients
+            .iter_mut()
+            .filter(|(_, r)| r.queued > 0)
+            .max_by_key(|(_, r)| r.queued)
+        {
+            tracing::info!(%to, queued = r.queued, "shared lane full; parking its largest queue");
+            r.parking = true;
         }
     }
 
@@ -450,9 +475,79 @@ impl Lane {
         }
     }
 
+    /// A clean stop: hands everything back in order and passes the pin on at once, so that a
+    /// standby (or the next process) delivers without waiting out the pin timeout.
+    ///
+    /// Releasing the pin is only safe when nothing can still be on its way to this replica: a
+    /// message delivered into a subscription that is then dropped would come back only after the
+    /// ack wait, behind newer intents of its sender. So the shared consumer is paused first (for
+    /// a bounded time, in case this process dies here), whatever had arrived is collected and
+    /// handed back with the rest, lowest sequence first, and only then is the pin released and
+    /// the consumer resumed. If the pause fails, the pin is kept (the successor waits for it).
+    async fn step_down(&mut self, mut messages: jetstream::consumer::pull::Stream) {
+        let stream = self.shared.objects.intents.clone();
+        let name = self.shared.cfg.names.delivery_consumer();
+        let paused = stream
+            .pause_consumer(&name, time::OffsetDateTime::now_utc() + STEP_DOWN_PAUSE)
+            .await
+            .is_ok();
+        let mut late = Vec::new();
+        if paused {
+            while let Ok(Some(msg)) =
+                tokio::time::timeout(Duration::from_millis(100), messages.next()).await
+            {
+                if let Ok(msg) = msg {
+                    late.push(msg);
+                }
+            }
+        }
+        let mut handed = self.hand_back_items().await;
+        for msg in late {
+            let Ok(info) = msg.info() else { continue };
+            let seq = info.stream_sequence;
+            if !self.held.contains(&seq) {
+                handed.push((seq, msg));
+            }
+        }
+        handed.sort_by_key(|(seq, _)| *seq);
+        for (_, msg) in &handed {
+            let _ = msg.ack_with(AckKind::Nak(None)).await;
+        }
+        self.held.clear();
+        self.total = 0;
+        drop(messages);
+        if paused {
+            let _ = self.shared.client.flush().await;
+            if let Err(e) = stream
+                .unpin_consumer(&name, MeshNames::PRIORITY_GROUP)
+                .await
+            {
+                tracing::debug!(error = %e, "could not release the shared consumer's pin");
+            }
+            if let Err(e) = stream.resume_consumer(&name).await {
+                tracing::warn!(error = %e, "could not resume the shared consumer after stepping down; it resumes by itself");
+            }
+            tracing::info!(
+                handed_back = handed.len(),
+                "stepped down: intents handed back in order, pin released"
+            );
+        }
+    }
+
     /// Waits for deliveries in flight, then NAKs everything queued, lowest sequence first, so that
     /// JetStream redelivers it in the original order.
     async fn hand_back(&mut self) {
+        let mut all = self.hand_back_items().await;
+        all.sort_by_key(|(seq, _)| *seq);
+        for (_, msg) in &all {
+            let _ = msg.ack_with(AckKind::Nak(None)).await;
+        }
+        self.held.clear();
+        self.total = 0;
+    }
+
+    /// Waits for deliveries in flight; returns every intent in memory with its sequence.
+    async fn hand_back_items(&mut self) -> Vec<(u64, jetstream::Message)> {
         let mut all: Vec<Item> = Vec::new();
         while let Some((_, _, _, outcome)) = self.flights.next().await {
             if let Outcome::HandBack(item) | Outcome::Unreachable(item) = outcome {
@@ -462,12 +557,7 @@ impl Lane {
         for (_, mut r) in self.recipients.drain() {
             all.extend(r.queues.drain().flat_map(|(_, q)| q));
         }
-        all.sort_by_key(|i| i.seq);
-        for item in &all {
-            let _ = item.msg.ack_with(AckKind::Nak(None)).await;
-        }
-        self.held.clear();
-        self.total = 0;
+        all.into_iter().map(|i| (i.seq, i.msg)).collect()
     }
 }
 

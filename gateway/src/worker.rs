@@ -221,6 +221,9 @@ impl Buffer {
     }
 }
 
+/// Longest pull of a drain: bounds how late the first delivery after a resume is.
+const DRAIN_PULL_EXPIRY: Duration = Duration::from_millis(250);
+
 /// How long a drain waits for the shared lane's answer to a marker before it tries again.
 const MARKER_ANSWER_WAIT: Duration = Duration::from_secs(30);
 
@@ -233,8 +236,9 @@ async fn pull(
     let cfg = &shared.cfg;
     // Pull often enough that the pin never lapses while this replica is alive, and that a
     // resumed consumer is pulled again soon: nats-server does not serve a pull request that was
-    // waiting while the consumer was paused, so replay starts with the next pull.
-    let expires = (cfg.pin_timeout / 4).clamp(Duration::from_millis(500), Duration::from_secs(1));
+    // waiting while the consumer was paused, so replay starts with the next pull. Only parked
+    // recipients have a drain, so short pulls cost little.
+    let expires = (cfg.pin_timeout / 4).clamp(Duration::from_millis(100), DRAIN_PULL_EXPIRY);
     let mut messages = match consumer
         .stream()
         .group(MeshNames::PRIORITY_GROUP)

@@ -6,4 +6,5 @@ mod crash;
 mod delivery;
 mod health;
 mod kill;
+mod park;
 mod policy;

@@ -418,8 +418,7 @@ impl Lane {
                 .copied()
                 .filter(|s| *s > start)
                 .collect();
-            let killed = self.shared.gates.get(&to).is_killed();
-            match park::park(&self.shared, &to, start, &skip, killed).await {
+            match park::park(&self.shared, &to, start, &skip).await {
                 Ok(()) => {
                     for item in &items {
                         let _ = item.msg.ack().await;
@@ -427,7 +426,7 @@ impl Lane {
                     }
                     self.total -= items.len();
                     self.parked.insert(to.clone());
-                    tracing::info!(%to, start, intents = items.len(), killed, "recipient parked");
+                    tracing::info!(%to, start, intents = items.len(), "recipient parked");
                 }
                 Err(e) => {
                     tracing::warn!(%to, error = %e, source = ?std::error::Error::source(&e), "could not park a recipient; retrying");

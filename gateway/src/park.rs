@@ -19,18 +19,21 @@ use crate::setup::{self, SetupError};
 use crate::worker::Shared;
 
 /// Parks `to` from stream sequence `start`; `skip` lists later sequences delivered already.
+/// The consumer is created paused exactly when `to` is killed, under the gate's hold lock: a
+/// kill or resume that lands meanwhile sets the hold after the consumer exists (see
+/// `killwatch::fence`), so the pause always ends up matching the latest flag.
 pub async fn park(
     shared: &Arc<Shared>,
     to: &AgentId,
     start: u64,
     skip: &[u64],
-    killed: bool,
 ) -> Result<(), SetupError> {
     let stream = &shared.objects.intents;
-    setup::create_parked_consumer(stream, &shared.cfg, to, start, skip, killed).await?;
-    // A kill that landed while the consumer was being created: hold it now.
-    if !killed && shared.gates.get(to).is_killed() {
-        setup::set_hold(stream, &shared.cfg, to, true).await?;
+    {
+        let gate = shared.gates.get(to);
+        let _hold = gate.hold_lock().await;
+        let killed = gate.is_killed();
+        setup::create_parked_consumer(stream, &shared.cfg, to, start, skip, killed).await?;
     }
     // Every replica starts a drain for it (they also find it by listing consumers).
     if let Err(e) = shared

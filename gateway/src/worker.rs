@@ -343,11 +343,20 @@ async fn pull(
                         restart_senders(shared, &mut buf);
                     }
                 }
-                if received_any && !caught_up && idle(&buf) && !killed {
-                    caught_up = consumer
-                        .get_info()
-                        .await
-                        .is_ok_and(|i| i.num_pending == 0);
+                if idle(&buf) && !killed && draining.is_none() {
+                    if let Ok(info) = consumer.get_info().await {
+                        if info.paused {
+                            // Belt and braces: a pause must never outlive the kill.
+                            let _hold = gate.hold_lock().await;
+                            if !gate.is_killed() {
+                                tracing::warn!(%to, "parked consumer paused though the agent is active; resuming it");
+                                let _ = setup::set_hold(&shared.objects.intents, &shared.cfg, to, false).await;
+                            }
+                        }
+                        if received_any && !caught_up {
+                            caught_up = info.num_pending == 0;
+                        }
+                    }
                 }
             }
             msg = messages.next() => {

@@ -273,3 +273,46 @@ async fn slow_recipient_is_parked(tweak: impl FnOnce(&mut mesh_gateway::GatewayC
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn resuming_many_agents_at_once_releases_every_one() {
+    // Kills and resumes race with the shared lane parking the same agents: whatever the order,
+    // no parked consumer may stay paused once its agent is resumed.
+    init_tracing();
+    let server = NatsServer::start();
+    let url = server.url();
+    let gw = GatewayTask::start(&url, "gw1", |_| {}).await;
+    let client = connect(&url).await;
+    wait_live(&client, &["gw1"]).await;
+    let js = async_nats::jetstream::new(client.clone());
+    let ids: Vec<String> = (0..30).map(|i| format!("agent{i}")).collect();
+    let rec = Recorder::default();
+    let mut serving = Vec::new();
+    for id in &ids {
+        serving.push(agents::serve(&connect(&url).await, id, "i1", rec.clone(), true).await);
+    }
+    futures::future::join_all(ids.iter().map(|id| operator::kill(&client, id, "hold"))).await;
+    for round in 0..10 {
+        for id in &ids {
+            agents::send(&js, "src", id, "work", format!("{id}-{round}"))
+                .await
+                .expect("publish");
+        }
+    }
+    assert!(rec.is_empty(), "killed agents received intents");
+    futures::future::join_all(ids.iter().map(|id| operator::resume(&client, id))).await;
+    rec.wait_for(300).await;
+    for id in &ids {
+        let got: Vec<String> = rec
+            .all()
+            .into_iter()
+            .map(|r| String::from_utf8_lossy(&r.payload).to_string())
+            .filter(|p| p.starts_with(&format!("{id}-")))
+            .collect();
+        let want: Vec<String> = (0..10).map(|r| format!("{id}-{r}")).collect();
+        let mut seen = std::collections::HashSet::new();
+        let firsts: Vec<String> = got.into_iter().filter(|p| seen.insert(p.clone())).collect();
+        assert_eq!(firsts, want, "{id}: in order, none missing");
+    }
+    gw.stop().await;
+}

@@ -179,7 +179,11 @@ fn delivery_headers(item: &Item, attempt: u32) -> HeaderMap {
     h.insert(MESH_INTENT_ID, item.intent_id.as_str());
     h.insert(MESH_FROM, item.from.as_str());
     h.insert(MESH_ACTION, item.action.as_str());
-    h.insert(MESH_ATTEMPT, attempt.to_string().as_str());
+    // Nearly every delivery is the first attempt: no number formatting for it.
+    match attempt {
+        1 => h.insert(MESH_ATTEMPT, "1"),
+        n => h.insert(MESH_ATTEMPT, n.to_string().as_str()),
+    }
     h
 }
 

@@ -221,6 +221,10 @@ impl Buffer {
     }
 }
 
+/// Idle ticks (500 ms each) with work held in NATS and nothing pulling before a drain reopens its
+/// subscription.
+const STALLED_TICKS: u32 = 4;
+
 /// Longest pull of a drain: bounds how late the first delivery after a resume is.
 const DRAIN_PULL_EXPIRY: Duration = Duration::from_millis(250);
 
@@ -275,6 +279,8 @@ async fn pull(
     let mut received_any = false;
     // The last message received had nothing pending behind it.
     let mut caught_up = false;
+    // Consecutive idle ticks with work in the consumer and no pull waiting.
+    let mut stalled = 0u32;
     // While killed, intents that reach this replica are held here, unacknowledged (JetStream
     // still owns them) and in order, and delivered first on resume. Handing them back with NAK
     // instead would let newer intents already on their way overtake them. `draining` is a kill
@@ -318,6 +324,7 @@ async fn pull(
                 let mut words = text.split(' ');
                 let (verdict, marker) = (words.next(), words.next().and_then(|k| k.parse::<u64>().ok()));
                 if marker.is_some() && marker == buf.stop_at {
+                    tracing::debug!(%to, ?marker, ?verdict, "shared lane answered");
                     if verdict == Some("accepted") {
                         return Ended::Unparked;
                     }
@@ -336,6 +343,7 @@ async fn pull(
             }
             _ = tick.tick() => {
                 if buf.marker_sent.is_some_and(|t| t.elapsed() > MARKER_ANSWER_WAIT) {
+                    tracing::warn!(%to, marker = ?buf.stop_at, "no answer to an unpark marker; going on");
                     // No answer (the lane is far behind, or the answer was lost): go on.
                     buf.stop_at = None;
                     buf.marker_sent = None;
@@ -356,7 +364,25 @@ async fn pull(
                         if received_any && !caught_up {
                             caught_up = info.num_pending == 0;
                         }
+                        // Watchdog: the consumer holds work for this replica, yet nothing arrives
+                        // and no pull is waiting. Seen under heavy replays (the pull stream's
+                        // accounting stops asking); a fresh subscription pulls again.
+                        let unseen = info.num_pending > 0
+                            || info.num_ack_pending > buf.held.len();
+                        if unseen && info.num_waiting == 0 && buf.stop_at.is_none() {
+                            stalled += 1;
+                        } else {
+                            stalled = 0;
+                        }
+                        if stalled >= STALLED_TICKS {
+                            tracing::warn!(%to, pending = info.num_pending, unacked = info.num_ack_pending,
+                                held = buf.held.len(), "drain receives nothing though its consumer holds work; reopening the subscription");
+                            hand_back(&mut buf).await;
+                            return Ended::Stream("stalled".into());
+                        }
                     }
+                } else {
+                    stalled = 0;
                 }
             }
             msg = messages.next() => {
@@ -396,6 +422,7 @@ async fn pull(
         {
             match send_marker(shared, to, &inbox).await {
                 Ok(k) => {
+                    tracing::debug!(%to, marker = k, "caught up; asked the shared lane to unpark");
                     buf.stop_at = Some(k);
                     buf.marker_sent = Some(tokio::time::Instant::now());
                 }
@@ -529,11 +556,14 @@ pub(crate) fn check(
         .headers
         .as_ref()
         .and_then(|h| h.get(NATS_MSG_ID))
-        .map(|v| v.as_str().to_string());
-    let fallback = format!("{}-{seq}", shared.cfg.names.intents_stream);
-    let id = match intent_id(msg_id.as_deref(), &shared.cfg.names.intents_stream, seq) {
+        .map(|v| v.as_str());
+    let stream = &shared.cfg.names.intents_stream;
+    let id = match intent_id(msg_id, stream, seq) {
         Ok(id) => id,
-        Err(e) => return Err((None, Refusal::Invalid(e.to_string()), fallback)),
+        Err(e) => {
+            let fallback = format!("{stream}-{seq}");
+            return Err((None, Refusal::Invalid(e.to_string()), fallback));
+        }
     };
     let parsed = match shared.subjects.parse_intent(msg.subject.as_str()) {
         Ok(p) => p,

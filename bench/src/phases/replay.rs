@@ -100,12 +100,24 @@ async fn measure_replay(params: &Params, env: &Env, report: &mut Report) -> anyh
     .await;
     let took = started.elapsed();
     if !done {
+        // A measurement, not a crash: the stall is a known open problem (docs/BENCHMARKS.md),
+        // recorded with what the consumers held, and the run goes on.
         let stuck = stuck_consumers(&objects.intents).await;
-        anyhow::bail!(
-            "only {} of {n} held intents delivered in {took:?}; {stuck}",
-            stage.agents.received() - before
+        let delivered = stage.agents.received().saturating_sub(before);
+        report.set("replay_stalled", Some(1.0));
+        report.set(
+            "replay_delivered_fraction",
+            Some(delivered as f64 / n as f64),
         );
+        let why = format!(
+            "replay stalled: only {delivered} of {n} held intents delivered in {took:?}; {stuck}"
+        );
+        progress(format!("WARNING {why}"));
+        report.note(why);
+        return Ok(());
     }
+    report.set("replay_stalled", Some(0.0));
+    report.set("replay_delivered_fraction", Some(1.0));
     for ((name, pid), c0) in watch.iter().zip(cpu0) {
         let used = c0
             .zip(measure::cpu_ns(*pid))

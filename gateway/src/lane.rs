@@ -125,6 +125,9 @@ struct Lane {
     recipients: HashMap<AgentId, Recipient>,
     /// Recipients with a consumer of their own; the lane skips their intents.
     parked: HashSet<AgentId>,
+    /// Recipients asked to park (their `parking` flag), so that looking for the ones ready to
+    /// park costs nothing per message when there are thousands of recipients.
+    parking: HashSet<AgentId>,
     /// Whether `parked` was read from NATS since this replica last became active.
     parked_known: bool,
     /// Stream sequences in memory (queued or in flight), to drop JetStream redeliveries.
@@ -143,6 +146,7 @@ impl Lane {
             shared,
             recipients: HashMap::new(),
             parked: HashSet::new(),
+            parking: HashSet::new(),
             parked_known: false,
             held: HashSet::new(),
             flights: FuturesUnordered::new(),
@@ -220,7 +224,7 @@ impl Lane {
     /// work for recipients that are slow (but under `park_backlog` each), or from senders that a
     /// rate limit holds back, moves to consumers of their own instead of stalling everyone.
     fn relieve(&mut self) {
-        if self.recipients.values().any(|r| r.parking) {
+        if !self.parking.is_empty() {
             return;
         }
         if let Some((to, r)) = self
@@ -231,6 +235,7 @@ impl Lane {
         {
             tracing::info!(%to, queued = r.queued, "shared lane full; parking its largest queue");
             r.parking = true;
+            self.parking.insert(to.clone());
         }
     }
 
@@ -314,8 +319,9 @@ impl Lane {
         self.total += 1;
         let killed = shared.gates.get(&to).is_killed();
         let r = self.recipients.entry(to.clone()).or_default();
-        if killed {
+        if killed && !r.parking {
             r.parking = true;
+            self.parking.insert(to.clone());
         }
         if r.parking || r.busy.contains(&from) {
             r.queues.entry(from).or_default().push_back(item);
@@ -323,6 +329,7 @@ impl Lane {
             if r.queued > shared.cfg.park_backlog && !r.parking {
                 tracing::info!(%to, queued = r.queued, "recipient backlogged; parking it");
                 r.parking = true;
+                self.parking.insert(to.clone());
             }
         } else {
             r.busy.insert(from);
@@ -356,6 +363,7 @@ impl Lane {
                 r.queues.entry(from.clone()).or_default().push_front(*item);
                 r.queued += 1;
                 r.parking = true;
+                self.parking.insert(to.clone());
             }
         }
         let next = if r.parking || self.shared.cancel.is_cancelled() {
@@ -387,6 +395,7 @@ impl Lane {
         for (to, r) in self.recipients.iter_mut() {
             if r.queued > 0 && !r.parking && self.shared.gates.get(to).is_killed() {
                 r.parking = true;
+                self.parking.insert(to.clone());
             }
         }
     }
@@ -396,13 +405,17 @@ impl Lane {
         if Instant::now() < self.park_retry_at {
             return;
         }
+        if self.parking.is_empty() {
+            return;
+        }
         let ready: Vec<AgentId> = self
-            .recipients
+            .parking
             .iter()
-            .filter(|(_, r)| r.parking && r.busy.is_empty())
-            .map(|(to, _)| to.clone())
+            .filter(|to| self.recipients.get(*to).is_none_or(|r| r.busy.is_empty()))
+            .cloned()
             .collect();
         for to in ready {
+            self.parking.remove(&to);
             let Some(mut r) = self.recipients.remove(&to) else {
                 continue;
             };
@@ -437,6 +450,7 @@ impl Lane {
                             .or_default()
                             .push_back(item);
                     }
+                    self.parking.insert(to.clone());
                     self.recipients.insert(to, r);
                     self.park_retry_at = Instant::now() + Duration::from_secs(1);
                     return;
@@ -556,6 +570,7 @@ impl Lane {
         for (_, mut r) in self.recipients.drain() {
             all.extend(r.queues.drain().flat_map(|(_, q)| q));
         }
+        self.parking.clear();
         all.into_iter().map(|i| (i.seq, i.msg)).collect()
     }
 }

@@ -182,10 +182,22 @@ async fn cluster_runs_an_r3_stream_through_a_leader_restart() {
     assert_eq!(cluster.node(0).name(), "n1");
 
     let js = jetstream::new(connect(cluster.urls()).await);
-    let mut stream = js
-        .create_stream(stream_config("RTHREE", 3))
-        .await
-        .expect("create R3 stream");
+    // The meta leader sees every peer as current before this point, but it may place an R3
+    // stream only once the peers' server stats say they are online: that has no event to wait
+    // for, so poll with a deadline (nats-server 2.11 answered "peer offline" once in CI).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut stream = loop {
+        match js.create_stream(stream_config("RTHREE", 3)).await {
+            Ok(s) => break s,
+            Err(e)
+                if std::time::Instant::now() < deadline
+                    && e.to_string().contains("peer offline") =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("create R3 stream: {e:?}"),
+        }
+    };
     let info = stream.info().await.expect("stream info");
     let replicas = info.cluster.as_ref().map_or(0, |c| c.replicas.len());
     assert_eq!(replicas, 2, "an R3 stream has a leader and two replicas");

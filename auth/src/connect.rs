@@ -1,0 +1,1 @@
+//! Connection options shared by every role: how to reach and authenticate to NATS.

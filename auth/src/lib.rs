@@ -1,14 +1,35 @@
 //! Identity for Agent Mesh: who may connect to NATS as what, and what NATS lets each role do.
 //!
 //! The kill switch only holds if an agent cannot act past the gateway. NATS enforces that:
-//! every agent, gateway and operator connects with credentials of its own, and the server
-//! refuses what the role's permissions do not allow.
+//! every agent, gateway and operator connects with credentials of its own (decentralized JWT:
+//! an operator, a system account and a mesh account), and the server refuses whatever the
+//! role's permissions do not allow. Agents are issued by a scoped signing key whose template
+//! the server expands with the agent's id, so adding one needs no server change or reload.
 //!
 //! # Layout
 //!
+//! - [`authdir`]: the auth directory: keys, trusted credentials, the record of issued agent
+//!   credentials, the nats-server include file.
+//! - [`permissions`]: the permission set of each role and the inbox prefixes.
+//! - [`jwt`]: operator, account and user JWTs, signed with nkeys.
+//! - [`creds`]: the `.creds` file format.
+//! - [`mintable`]: which agent ids may hold credentials.
+//! - [`push`]: sends an updated account JWT to the servers (revocation).
 //! - [`connect`]: connection options shared by the gateway, mesh-cli, mesh-agent and the
 //!   test harness (URL list, creds file, nkey seed, user/password, token, TLS, inbox prefix).
+//! - [`error`]: [`AuthError`].
 
 #![forbid(unsafe_code)]
 
+pub mod authdir;
 pub mod connect;
+pub mod creds;
+pub mod error;
+pub mod jwt;
+pub mod mintable;
+pub mod permissions;
+pub mod push;
+
+pub use authdir::{AuthDir, Issued, NewCredential};
+pub use error::AuthError;
+pub use permissions::Permissions;

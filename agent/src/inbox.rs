@@ -12,7 +12,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use async_nats::{Client, HeaderMap, RequestError, Subject, SubscribeError, Subscriber};
+use async_nats::{Client, HeaderMap, Subject, SubscribeError, Subscriber};
 use bytes::Bytes;
 use futures::StreamExt;
 use mesh_schemas::headers::{MESH_ACTION, MESH_ATTEMPT, MESH_FROM, MESH_INTENT_ID};
@@ -59,12 +59,12 @@ pub enum ServeError {
     },
     #[error(
         "the server did not confirm the subscription to {subject}; check the connection and \
-         that this user may subscribe to it and send requests to $JS.API.INFO"
+         that this user may subscribe to it"
     )]
     NotConfirmed {
         subject: String,
         #[source]
-        source: RequestError,
+        source: roundtrip::ConfirmError,
     },
 }
 

@@ -75,6 +75,8 @@ mod heartbeat;
 mod inbox;
 mod notices;
 mod roundtrip;
+
+pub use roundtrip::ConfirmError;
 mod send;
 
 pub use heartbeat::{Heartbeat, InvalidCost, MAX_INSTANCE_LEN, MIN_HEARTBEAT_INTERVAL};

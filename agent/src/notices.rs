@@ -8,7 +8,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use async_nats::{Client, Message, RequestError, SubscribeError, Subscriber};
+use async_nats::{Client, Message, SubscribeError, Subscriber};
 use futures::{Stream, StreamExt};
 use mesh_schemas::headers::{MESH_INTENT_ID, MESH_REASON, MESH_STATUS};
 use mesh_schemas::{ControlNotice, RejectionNotice};
@@ -43,7 +43,7 @@ pub enum NoticeError {
     NotConfirmed {
         subject: String,
         #[source]
-        source: RequestError,
+        source: roundtrip::ConfirmError,
     },
 }
 

@@ -3,7 +3,7 @@
 //!
 //! | role | publish | subscribe |
 //! |---|---|---|
-//! | agent `<id>` | `<p>.intent.<id>.>`, `<p>.hb.<id>`; one reply to each request it receives | `<p>.agent.<id>.>`, `_INBOX_<id>.>` |
+//! | agent `<id>` | `<p>.intent.<id>.>`, `<p>.hb.<id>`, `_INBOX_<id>.>`; one reply to each request it receives | `<p>.agent.<id>.>`, `_INBOX_<id>.>` |
 //! | gateway | `$JS.API.>`, `$JS.ACK.>`, `$JS.FC.>`, `$KV.>`, `<p>.>`, `_GW_INBOX.>` | `<p>.>`, `_GW_INBOX.>` |
 //! | operator | `$JS.API.>`, `$JS.ACK.>`, `$JS.FC.>`, `$KV.>`, `<p>.>` | `<p>.>`, `_CLI_INBOX.>` |
 //! | system (revocation only) | `$SYS.REQ.CLAIMS.UPDATE`, `$SYS.REQ.ACCOUNT.*.CLAIMS.UPDATE`, `$SYS.REQ.SERVER.PING.>` | `_SYS_INBOX.>` |
@@ -64,6 +64,9 @@ pub fn agent_template(prefix: &str) -> Permissions {
         publish: vec![
             format!("{prefix}.intent.{{{{name()}}}}.>"),
             format!("{prefix}.hb.{{{{name()}}}}"),
+            // Its own inbox only: a client that sends itself a message there and receives it
+            // back knows the server has registered its earlier subscriptions.
+            "_INBOX_{{name()}}.>".to_string(),
         ],
         subscribe: vec![
             format!("{prefix}.agent.{{{{name()}}}}.>"),
@@ -139,7 +142,10 @@ mod tests {
     #[test]
     fn an_agent_gets_only_its_own_subjects() {
         let p = agent_permissions("mesh", "billing");
-        assert_eq!(p.publish, ["mesh.intent.billing.>", "mesh.hb.billing"]);
+        assert_eq!(
+            p.publish,
+            ["mesh.intent.billing.>", "mesh.hb.billing", "_INBOX_billing.>"]
+        );
         assert_eq!(p.subscribe, ["mesh.agent.billing.>", "_INBOX_billing.>"]);
         assert_eq!(p.responses, Some(1));
         assert!(p.publish.iter().chain(&p.subscribe).all(|s| !s.starts_with('$')));

@@ -51,6 +51,18 @@ async fn connect(
     Ok((client, rx))
 }
 
+/// Returns once the server has processed this client's earlier `SUB`s: it echoes a message
+/// the client sends to its own inbox.
+async fn registered(client: &async_nats::Client) {
+    let subject = client.new_inbox();
+    let mut echo = client.subscribe(subject.clone()).await.expect("sub");
+    client.publish(subject, "".into()).await.expect("pub");
+    tokio::time::timeout(DEADLINE, echo.next())
+        .await
+        .expect("echo in time")
+        .expect("echo");
+}
+
 async fn next_violation(events: &mut mpsc::UnboundedReceiver<Event>) -> String {
     loop {
         match tokio::time::timeout(DEADLINE, events.recv()).await {
@@ -140,6 +152,7 @@ async fn roles_connect_and_an_agent_issued_later_is_accepted_then_revoked() {
         .await
         .expect("re-issued agent connects");
     let mut sub = fresh.subscribe("mesh.agent.alice.inbox").await.expect("sub");
+    registered(&fresh).await;
     op.publish("mesh.agent.alice.inbox", "hi".into()).await.expect("pub");
     let msg = tokio::time::timeout(DEADLINE, sub.next()).await.expect("in time").expect("msg");
     assert_eq!(&msg.payload[..], b"hi");

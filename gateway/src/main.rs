@@ -59,6 +59,8 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         let mut opts = async_nats::ConnectOptions::new()
             .name(format!("mesh-gateway {}", cfg.gateway_id()))
+            // Outside every agent's `_INBOX_<id>`: no agent may read the gateway's replies.
+            .custom_inbox_prefix(mesh_auth::permissions::GATEWAY_INBOX)
             .retry_on_initial_connect()
             .max_reconnects(None);
         if let Some(creds) = &cfg.nats_creds {

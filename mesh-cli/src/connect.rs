@@ -38,6 +38,8 @@ pub async fn connect(cfg: &CliConfig) -> Result<Client, ConnectError> {
     let url = redact(&cfg.nats_url);
     let mut options = ConnectOptions::new()
         .name("mesh-cli")
+        // Outside every agent's `_INBOX_<id>`: no agent may read the operator's replies.
+        .custom_inbox_prefix(mesh_auth::permissions::OPERATOR_INBOX)
         .connection_timeout(CONNECT_TIMEOUT);
     if let Some(path) = &cfg.nats_creds {
         options = options

@@ -25,14 +25,14 @@ pub fn test_config(url: &str, id: &str) -> GatewayConfig {
     }
 }
 
-/// A fresh nats-server with one in-process replica `gw1`, live, and a client.
-pub async fn one_gateway() -> (crate::NatsServer, GatewayTask, async_nats::Client) {
+/// A fresh secured mesh with one in-process replica `gw1`, live, and an operator client.
+pub async fn one_gateway() -> (crate::Mesh, GatewayTask, async_nats::Client) {
     crate::init_tracing();
-    let server = crate::NatsServer::start();
-    let gw = GatewayTask::start(&server.url(), "gw1", |_| {}).await;
-    let client = crate::connect(&server.url()).await;
+    let mesh = crate::Mesh::start();
+    let gw = GatewayTask::start_in(&mesh, "gw1", |_| {}).await;
+    let client = mesh.operator().await;
     wait_live(&client, &["gw1"]).await;
-    (server, gw, client)
+    (mesh, gw, client)
 }
 
 /// A replica running as a task of the test process.
@@ -43,11 +43,28 @@ pub struct GatewayTask {
 }
 
 impl GatewayTask {
-    /// Starts a replica with [`test_config`] (adjusted by `tweak`).
+    /// Starts a replica on an open server with [`test_config`] (adjusted by `tweak`).
     pub async fn start(url: &str, id: &str, tweak: impl FnOnce(&mut GatewayConfig)) -> Self {
         let mut cfg = test_config(url, id);
         tweak(&mut cfg);
         let client = crate::connect(url).await;
+        Self::run(client, cfg, id)
+    }
+
+    /// Starts a replica on `mesh` with the gateways' credentials.
+    pub async fn start_in(
+        mesh: &crate::Mesh,
+        id: &str,
+        tweak: impl FnOnce(&mut GatewayConfig),
+    ) -> Self {
+        let mut cfg = test_config(&mesh.url(), id);
+        cfg.nats_creds = mesh.gateway_creds().map(|p| p.display().to_string());
+        tweak(&mut cfg);
+        let client = mesh.gateway_client().await;
+        Self::run(client, cfg, id)
+    }
+
+    fn run(client: async_nats::Client, cfg: GatewayConfig, id: &str) -> Self {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
             mesh_gateway::run(client, cfg, async {
@@ -89,11 +106,25 @@ pub struct GatewayProcess {
 }
 
 impl GatewayProcess {
-    /// Starts `mesh-gateway` against `url` with the test settings, as environment variables.
+    /// Starts `mesh-gateway` against an open server at `url` with the test settings, as
+    /// environment variables.
     pub fn start(url: &str, id: &str) -> Self {
+        Self::spawn(url, None, id)
+    }
+
+    /// Starts `mesh-gateway` on `mesh` with the gateways' credentials.
+    pub fn start_in(mesh: &crate::Mesh, id: &str) -> Self {
+        Self::spawn(&mesh.url(), mesh.gateway_creds(), id)
+    }
+
+    fn spawn(url: &str, creds: Option<PathBuf>, id: &str) -> Self {
         let cfg = test_config(url, id);
         let ms = |d: Duration| format!("{}ms", d.as_millis());
-        let child = Command::new(gateway_binary())
+        let mut cmd = Command::new(gateway_binary());
+        if let Some(creds) = creds {
+            cmd.env("MESH_NATS_CREDS", creds);
+        }
+        let child = cmd
             .arg("--nats-url")
             .arg(url)
             .arg("--gateway-id")

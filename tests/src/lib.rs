@@ -9,11 +9,16 @@
 //!
 //! - [`gateways`]: start, stop and SIGKILL gateway replicas.
 //! - [`agents`]: inbox servers that record deliveries; senders.
+//! - [`mesh`]: [`Mesh`], a secured nats-server with a client per role (agent, gateway,
+//!   operator); open mode on request.
 //! - [`operator`]: kill and resume with fence confirmation; audit reading.
 
 pub mod agents;
 pub mod gateways;
+pub mod mesh;
 pub mod operator;
+
+pub use mesh::Mesh;
 
 use std::time::Duration;
 

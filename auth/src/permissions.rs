@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | agent `<id>` | `<p>.intent.<id>.>`, `<p>.hb.<id>`, `_INBOX_<id>.>`; one reply to each request it receives | `<p>.agent.<id>.>`, `_INBOX_<id>.>` |
 //! | gateway | `$JS.API.>`, `$JS.ACK.>`, `$JS.FC.>`, `$KV.>`, `<p>.>`, `_GW_INBOX.>` | `<p>.>`, `_GW_INBOX.>` |
-//! | operator | `$JS.API.>`, `$JS.ACK.>`, `$JS.FC.>`, `$KV.>`, `<p>.>` | `<p>.>`, `_CLI_INBOX.>` |
+//! | operator | `$JS.API.>`, `$JS.ACK.>`, `$JS.FC.>`, `$KV.>`, `<p>.>`, `_CLI_INBOX.>` | `<p>.>`, `_CLI_INBOX.>` |
 //! | system (revocation only) | `$SYS.REQ.CLAIMS.UPDATE`, `$SYS.REQ.ACCOUNT.*.CLAIMS.UPDATE`, `$SYS.REQ.SERVER.PING.>` | `_SYS_INBOX.>` |
 //!
 //! An agent's permissions come from the template of the account's scoped signing key, expanded
@@ -115,6 +115,7 @@ pub fn gateway(prefix: &str) -> Permissions {
 pub fn operator(prefix: &str) -> Permissions {
     let mut publish = jetstream_subjects();
     publish.push(format!("{prefix}.>"));
+    publish.push(format!("{OPERATOR_INBOX}.>"));
     Permissions {
         publish,
         subscribe: vec![format!("{prefix}.>"), format!("{OPERATOR_INBOX}.>")],

@@ -149,11 +149,7 @@ pub async fn serve(
         .queue_subscribe(format!("mesh.agent.{agent}.inbox"), agent.to_string())
         .await
         .expect("subscribe inbox");
-    // A round trip proves the server registered the subscription (flush alone does not).
-    let _ = client
-        .request("$JS.API.INFO", Bytes::new())
-        .await
-        .expect("round trip to the server");
+    crate::registered(client).await;
     let client = client.clone();
     let instance = instance.to_string();
     tokio::spawn(async move {
@@ -213,7 +209,7 @@ pub async fn rejections(client: &async_nats::Client, agent: &str) -> Rejections 
         .subscribe(format!("mesh.agent.{agent}.rejected"))
         .await
         .expect("subscribe rejections");
-    let _ = client.request("$JS.API.INFO", Bytes::new()).await;
+    crate::registered(client).await;
     let out = Rejections::default();
     let sink = out.clone();
     tokio::spawn(async move {

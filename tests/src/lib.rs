@@ -37,6 +37,26 @@ pub async fn connect(url: &str) -> async_nats::Client {
         .expect("connect to test nats-server")
 }
 
+/// Returns once the server has processed `client`'s earlier subscriptions (`flush` only
+/// writes the buffer): the server echoes a message the client sends to its own inbox, which
+/// every role may do, agents included.
+pub async fn registered(client: &async_nats::Client) {
+    use futures::StreamExt;
+    let subject = client.new_inbox();
+    let mut echo = client
+        .subscribe(subject.clone())
+        .await
+        .expect("subscribe to own inbox");
+    client
+        .publish(subject, bytes::Bytes::new())
+        .await
+        .expect("publish to own inbox");
+    tokio::time::timeout(DEADLINE, echo.next())
+        .await
+        .expect("the server echoes in time")
+        .expect("echo");
+}
+
 /// Polls `check` until it returns true or `DEADLINE` passes; the failure names `what`.
 /// For conditions that have no event to await (state in another process).
 pub async fn eventually<F, Fut>(what: &str, mut check: F)

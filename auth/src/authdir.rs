@@ -153,7 +153,10 @@ impl AuthDir {
         let info: AuthInfo =
             serde_json::from_str(&text).map_err(|e| not(format!("auth.json: {e}")))?;
         if info.version != VERSION {
-            return Err(not(format!("auth.json version {} (this mesh-cli reads {VERSION})", info.version)));
+            return Err(not(format!(
+                "auth.json version {} (this mesh-cli reads {VERSION})",
+                info.version
+            )));
         }
         Ok(AuthDir {
             root: root.to_path_buf(),
@@ -251,7 +254,12 @@ impl AuthDir {
             revocations,
         };
         // Never older than the registry's last change: the server keeps the newest JWT.
-        jwt::account(&self.key("operator")?, &self.info.mesh_account, &spec, now())
+        jwt::account(
+            &self.key("operator")?,
+            &self.info.mesh_account,
+            &spec,
+            now(),
+        )
     }
 
     /// Issues credentials to agent `id`; the server needs no change to accept them.
@@ -345,9 +353,24 @@ impl AuthDir {
         let system = self.key("system-account")?;
         let prefix = &self.info.prefix;
         for (file, name, perms, account) in [
-            ("gateway.creds", "mesh-gateway", permissions::gateway(prefix), &mesh),
-            ("operator.creds", "mesh-operator", permissions::operator(prefix), &mesh),
-            ("system.creds", "mesh-system", permissions::system(), &system),
+            (
+                "gateway.creds",
+                "mesh-gateway",
+                permissions::gateway(prefix),
+                &mesh,
+            ),
+            (
+                "operator.creds",
+                "mesh-operator",
+                permissions::operator(prefix),
+                &mesh,
+            ),
+            (
+                "system.creds",
+                "mesh-system",
+                permissions::system(),
+                &system,
+            ),
         ] {
             let user = KeyPair::new_user();
             let token = jwt::user(account, &user.public_key(), name, &perms, now(), None)?;
@@ -452,8 +475,13 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = AuthDir::init(tmp.path(), "mesh").expect("init");
         let a = dir.add_agent("billing", None).expect("add");
-        let b = dir.add_agent("billing", Some(now() + 60)).expect("add again");
-        assert!(matches!(dir.add_agent("_mesh", None), Err(AuthError::BadId(_))));
+        let b = dir
+            .add_agent("billing", Some(now() + 60))
+            .expect("add again");
+        assert!(matches!(
+            dir.add_agent("_mesh", None),
+            Err(AuthError::BadId(_))
+        ));
         let reg = dir.registry().expect("registry");
         assert_eq!(reg.agents["billing"].len(), 2);
 
@@ -463,7 +491,10 @@ mod tests {
         let revs = &claims.nats["revocations"];
         assert!(revs.get(&a.issued.public_key).is_some());
         assert!(revs.get(&b.issued.public_key).is_some());
-        assert!(matches!(dir.revoke_agent("nobody"), Err(AuthError::UnknownAgent(_))));
+        assert!(matches!(
+            dir.revoke_agent("nobody"),
+            Err(AuthError::UnknownAgent(_))
+        ));
         let include = fs::read_to_string(dir.server_include()).expect("include");
         assert!(include.contains(&dir.info().mesh_account));
     }

@@ -26,7 +26,10 @@ pub fn parse(text: &str) -> Result<(String, String), AuthError> {
             .map(str::to_string)
             .ok_or_else(|| AuthError::Key(format!("no {begin} block in the credentials")))
     };
-    Ok((block("BEGIN NATS USER JWT")?, block("BEGIN USER NKEY SEED")?))
+    Ok((
+        block("BEGIN NATS USER JWT")?,
+        block("BEGIN USER NKEY SEED")?,
+    ))
 }
 
 #[cfg(test)]
@@ -36,8 +39,13 @@ mod tests {
     #[test]
     fn round_trips() {
         let text = format("eyJ.abc.def", "SUAXYZ");
-        assert!(text.starts_with("-----BEGIN NATS USER JWT-----\neyJ.abc.def\n------END NATS USER JWT------\n"));
-        assert_eq!(parse(&text).expect("parse"), ("eyJ.abc.def".into(), "SUAXYZ".into()));
+        assert!(text.starts_with(
+            "-----BEGIN NATS USER JWT-----\neyJ.abc.def\n------END NATS USER JWT------\n"
+        ));
+        assert_eq!(
+            parse(&text).expect("parse"),
+            ("eyJ.abc.def".into(), "SUAXYZ".into())
+        );
         assert!(parse("nothing here").is_err());
     }
 }

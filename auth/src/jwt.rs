@@ -59,7 +59,8 @@ pub fn sign(mut claims: Map<String, Value>, signer: &KeyPair) -> Result<String, 
 pub fn decode(token: &str) -> Result<Claims, AuthError> {
     let bad = |why: &str| AuthError::BadJwt(why.to_string());
     let mut parts = token.trim().split('.');
-    let (Some(h), Some(c), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(c), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(bad("not three dot-separated parts"));
     };
@@ -232,7 +233,10 @@ mod tests {
         let at = claims_json.len() / 2;
         claims_json[at] ^= 1;
         parts[1] = BASE64URL_NOPAD.encode(&claims_json);
-        assert!(matches!(decode(&parts.join(".")), Err(AuthError::BadJwt(_))));
+        assert!(matches!(
+            decode(&parts.join(".")),
+            Err(AuthError::BadJwt(_))
+        ));
     }
 
     #[test]
@@ -240,8 +244,15 @@ mod tests {
         let signer = KeyPair::new_account();
         let acc = KeyPair::new_account();
         let user = KeyPair::new_user();
-        let token = scoped_user(&signer, &acc.public_key(), &user.public_key(), "billing", 1, None)
-            .expect("sign");
+        let token = scoped_user(
+            &signer,
+            &acc.public_key(),
+            &user.public_key(),
+            "billing",
+            1,
+            None,
+        )
+        .expect("sign");
         let claims = decode(&token).expect("decode");
         let nats = claims.nats.as_object().expect("object");
         let mut keys: Vec<&str> = nats.keys().map(String::as_str).collect();

@@ -26,7 +26,17 @@ mod tests {
 
     #[test]
     fn wildcards_dots_and_reserved_names_are_refused() {
-        for bad in ["*", ">", "a.b", "_mesh", "_", "a b", "", "x*", &"a".repeat(65)] {
+        for bad in [
+            "*",
+            ">",
+            "a.b",
+            "_mesh",
+            "_",
+            "a b",
+            "",
+            "x*",
+            &"a".repeat(65),
+        ] {
             assert!(matches!(mintable(bad), Err(AuthError::BadId(_))), "{bad:?}");
         }
         for good in ["billing", "Deployer-2", "a_b", "-x", "0"] {

@@ -145,11 +145,19 @@ mod tests {
         let p = agent_permissions("mesh", "billing");
         assert_eq!(
             p.publish,
-            ["mesh.intent.billing.>", "mesh.hb.billing", "_INBOX_billing.>"]
+            [
+                "mesh.intent.billing.>",
+                "mesh.hb.billing",
+                "_INBOX_billing.>"
+            ]
         );
         assert_eq!(p.subscribe, ["mesh.agent.billing.>", "_INBOX_billing.>"]);
         assert_eq!(p.responses, Some(1));
-        assert!(p.publish.iter().chain(&p.subscribe).all(|s| !s.starts_with('$')));
+        assert!(p
+            .publish
+            .iter()
+            .chain(&p.subscribe)
+            .all(|s| !s.starts_with('$')));
     }
 
     #[test]

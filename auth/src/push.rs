@@ -51,7 +51,10 @@ pub async fn push_account(
         ))
     })?;
     match parsed.error {
-        Some(e) => Err(AuthError::Push(format!("server refused it ({}): {}", e.code, e.description))),
+        Some(e) => Err(AuthError::Push(format!(
+            "server refused it ({}): {}",
+            e.code, e.description
+        ))),
         None => Ok(()),
     }
 }

@@ -80,9 +80,13 @@ async fn roles_connect_and_an_agent_issued_later_is_accepted_then_revoked() {
     let read = |p: std::path::PathBuf| std::fs::read_to_string(p).expect("creds");
 
     // The operator creates the intents stream; the gateway can read it.
-    let (op, _) = connect(&url, &read(s.dir.operator_creds()), permissions::OPERATOR_INBOX)
-        .await
-        .expect("operator connects");
+    let (op, _) = connect(
+        &url,
+        &read(s.dir.operator_creds()),
+        permissions::OPERATOR_INBOX,
+    )
+    .await
+    .expect("operator connects");
     let js = jetstream::new(op.clone());
     js.get_or_create_stream(jetstream::stream::Config {
         name: "MESH_INTENTS".into(),
@@ -91,9 +95,13 @@ async fn roles_connect_and_an_agent_issued_later_is_accepted_then_revoked() {
     })
     .await
     .expect("operator creates the stream");
-    let (gw, _) = connect(&url, &read(s.dir.gateway_creds()), permissions::GATEWAY_INBOX)
-        .await
-        .expect("gateway connects");
+    let (gw, _) = connect(
+        &url,
+        &read(s.dir.gateway_creds()),
+        permissions::GATEWAY_INBOX,
+    )
+    .await
+    .expect("gateway connects");
     jetstream::new(gw)
         .get_stream("MESH_INTENTS")
         .await
@@ -151,9 +159,17 @@ async fn roles_connect_and_an_agent_issued_later_is_accepted_then_revoked() {
     let (fresh, _) = connect(&url, &again.creds, &permissions::agent_inbox("alice"))
         .await
         .expect("re-issued agent connects");
-    let mut sub = fresh.subscribe("mesh.agent.alice.inbox").await.expect("sub");
+    let mut sub = fresh
+        .subscribe("mesh.agent.alice.inbox")
+        .await
+        .expect("sub");
     registered(&fresh).await;
-    op.publish("mesh.agent.alice.inbox", "hi".into()).await.expect("pub");
-    let msg = tokio::time::timeout(DEADLINE, sub.next()).await.expect("in time").expect("msg");
+    op.publish("mesh.agent.alice.inbox", "hi".into())
+        .await
+        .expect("pub");
+    let msg = tokio::time::timeout(DEADLINE, sub.next())
+        .await
+        .expect("in time")
+        .expect("msg");
     assert_eq!(&msg.payload[..], b"hi");
 }

@@ -91,6 +91,32 @@ impl Mesh {
         self.connect(creds, &permissions::agent_inbox(id)).await
     }
 
+    /// A client as agent `id` whose connection events (permission violations among them)
+    /// arrive on the returned channel.
+    pub async fn agent_watched(
+        &self,
+        id: &str,
+    ) -> (
+        Client,
+        tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let creds = self.agent_creds(id).expect("a secured mesh");
+        let client = ConnectOptions::with_credentials(&creds)
+            .expect("creds parse")
+            .custom_inbox_prefix(permissions::agent_inbox(id))
+            .event_callback(move |e| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(e);
+                }
+            })
+            .connect(self.url())
+            .await
+            .expect("connect to test nats-server");
+        (client, rx)
+    }
+
     /// Agent `id`'s `.creds` text, issued on first use (secured mode only).
     pub fn agent_creds(&self, id: &str) -> Option<String> {
         let auth = self.auth.as_ref()?;

@@ -1,0 +1,320 @@
+//! A rogue agent holding valid credentials of its own tries every way around the gateway. NATS
+//! itself refuses each attempt, the victim receives nothing, and the kill still holds.
+
+use std::time::Duration;
+
+use async_nats::{jetstream, ConnectOptions, Event, HeaderMap};
+use mesh_auth::{creds, jwt, permissions, push};
+use mesh_schemas::KillState;
+use mesh_tests::agents::{self, Recorder};
+use mesh_tests::gateways::{wait_live, GatewayTask};
+use mesh_tests::{init_tracing, operator, Mesh, DEADLINE};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// The rogue's connection and the server errors it receives.
+struct Rogue {
+    client: async_nats::Client,
+    events: UnboundedReceiver<Event>,
+}
+
+impl Rogue {
+    /// The next permission violation the server reports to this connection.
+    async fn violation(&mut self) -> String {
+        loop {
+            match tokio::time::timeout(DEADLINE, self.events.recv()).await {
+                Ok(Some(Event::ServerError(e))) => return e.to_string(),
+                Ok(Some(_)) => continue,
+                other => panic!("the server reported no violation: {other:?}"),
+            }
+        }
+    }
+
+    async fn publish_refused(&mut self, subject: &str) {
+        self.client
+            .publish(subject.to_string(), "rogue".into())
+            .await
+            .expect("the client sends it");
+        let err = self.violation().await;
+        let want = format!("Permissions Violation for Publish to \"{subject}\"");
+        assert!(err.contains(&want), "publish to {subject}: got {err:?}");
+    }
+
+    async fn subscribe_refused(&mut self, subject: &str, queue: Option<&str>) {
+        let _sub = match queue {
+            Some(q) => {
+                self.client
+                    .queue_subscribe(subject.to_string(), q.into())
+                    .await
+            }
+            None => self.client.subscribe(subject.to_string()).await,
+        }
+        .expect("the client sends it");
+        let err = self.violation().await;
+        let want = format!("Permissions Violation for Subscription to \"{subject}\"");
+        assert!(err.contains(&want), "subscribe to {subject}: got {err:?}");
+    }
+}
+
+#[tokio::test]
+async fn nats_refuses_every_way_around_the_gateway_and_the_kill_holds() {
+    init_tracing();
+    let mesh = Mesh::start();
+    let _gw = GatewayTask::start_in(&mesh, "gw1", |_| {}).await;
+    let op = mesh.operator().await;
+    wait_live(&op, &["gw1"]).await;
+
+    let to_victim = Recorder::default();
+    let _victim = agents::serve(
+        &mesh.agent("victim").await,
+        "victim",
+        "v1",
+        to_victim.clone(),
+        true,
+    )
+    .await;
+    let (client, events) = mesh.agent_watched("rogue").await;
+    let mut rogue = Rogue { client, events };
+    let rejected = agents::rejections(&rogue.client, "rogue").await;
+    operator::kill(&op, "rogue", "went rogue").await;
+
+    // Another agent's subjects, sending as someone else, the gateway's markers.
+    for subject in [
+        "mesh.agent.victim.inbox",
+        "mesh.agent.victim.rejected",
+        "mesh.agent.victim.control",
+        "mesh.hb.victim",
+        "mesh.intent.victim.victim.deploy.service",
+        "mesh.intent._mesh._unpark.victim",
+        "mesh.gw.fenced.rogue",
+        "mesh.gw.parked.victim",
+        "mesh.audit.resume.rogue",
+        "mesh.event.healthy.rogue",
+    ] {
+        rogue.publish_refused(subject).await;
+    }
+    // Every bucket, directly and through the JetStream API; the streams and consumers; acks
+    // of the gateway's deliveries; other identities' inboxes; the system account.
+    for subject in [
+        "$KV.mesh-kill.rogue",
+        "$KV.mesh-policy.rogue",
+        "$KV.mesh-policy._default",
+        "$KV.mesh-counters.rogue.h",
+        "$KV.mesh-health.rogue",
+        "$KV.mesh-gateways.gw1",
+        "$JS.API.INFO",
+        "$JS.API.STREAM.INFO.MESH_INTENTS",
+        "$JS.API.STREAM.PURGE.MESH_INTENTS",
+        "$JS.API.STREAM.DELETE.MESH_INTENTS",
+        "$JS.API.STREAM.PURGE.KV_mesh-kill",
+        "$JS.API.STREAM.MSG.DELETE.KV_mesh-kill",
+        "$JS.API.STREAM.MSG.GET.MESH_AUDIT",
+        "$JS.API.DIRECT.GET.KV_mesh-kill",
+        "$JS.API.DIRECT.GET.KV_mesh-kill.$KV.mesh-kill.rogue",
+        "$JS.API.CONSUMER.CREATE.MESH_AUDIT",
+        "$JS.API.CONSUMER.INFO.MESH_INTENTS.mesh_deliver",
+        "$JS.API.CONSUMER.DELETE.MESH_INTENTS.mesh_deliver",
+        "$JS.API.CONSUMER.PAUSE.MESH_INTENTS.mesh_deliver",
+        "$JS.API.CONSUMER.MSG.NEXT.MESH_INTENTS.mesh_deliver",
+        "$JS.ACK.MESH_INTENTS.mesh_deliver.1.1.1.1.0",
+        "_GW_INBOX.reply",
+        "_CLI_INBOX.reply",
+        "_INBOX_victim.reply",
+        "_INBOX.reply",
+        "$SYS.REQ.CLAIMS.UPDATE",
+    ] {
+        rogue.publish_refused(subject).await;
+    }
+    for (subject, queue) in [
+        ("mesh.agent.victim.inbox", Some("victim")),
+        ("mesh.agent.victim.inbox", None),
+        ("mesh.agent.victim.>", None),
+        ("mesh.agent.*.inbox", None),
+        ("mesh.intent.>", None),
+        ("mesh.hb.*", None),
+        ("mesh.gw.>", None),
+        ("mesh.audit.>", None),
+        ("mesh.event.>", None),
+        ("_INBOX.>", None),
+        ("_GW_INBOX.>", None),
+        ("_CLI_INBOX.>", None),
+        ("_INBOX_victim.>", None),
+        ("$JS.ACK.>", None),
+        ("$KV.>", None),
+        ("$SYS.>", None),
+        (">", None),
+    ] {
+        rogue.subscribe_refused(subject, queue).await;
+    }
+
+    // The JetStream API as a rogue would call it: refused, and nothing changed.
+    let js = jetstream::ContextBuilder::new()
+        .timeout(Duration::from_millis(300))
+        .build(rogue.client.clone());
+    assert!(js.delete_stream("MESH_INTENTS").await.is_err());
+    assert!(js.get_key_value("mesh-kill").await.is_err());
+    let ops = jetstream::new(op.clone());
+    ops.get_stream("MESH_INTENTS")
+        .await
+        .expect("the stream is still there");
+
+    // The kill holds: the flag is unchanged, and the rogue's own intent is rejected.
+    let record = operator::kill_record(&op, "rogue")
+        .await
+        .expect("kill flag");
+    assert_eq!(record.state, KillState::Killed);
+    let rogue_js = jetstream::new(rogue.client.clone());
+    agents::send(&rogue_js, "rogue", "victim", "deploy.service", "0")
+        .await
+        .expect("its own intents are still stored");
+    rejected.wait_for(1).await;
+    let (status, reason, _) = rejected.all()[0].clone();
+    assert_eq!(status, 403);
+    assert!(reason.contains("went rogue"), "{reason}");
+    assert!(
+        to_victim.is_empty(),
+        "the victim received {:?}",
+        to_victim.all()
+    );
+}
+
+#[tokio::test]
+async fn headers_an_agent_sets_never_change_who_sent_it() {
+    init_tracing();
+    let mesh = Mesh::start();
+    let _gw = GatewayTask::start_in(&mesh, "gw1", |_| {}).await;
+    let op = mesh.operator().await;
+    wait_live(&op, &["gw1"]).await;
+    let to_victim = Recorder::default();
+    let _v = agents::serve(
+        &mesh.agent("victim").await,
+        "victim",
+        "v1",
+        to_victim.clone(),
+        true,
+    )
+    .await;
+
+    let mut h = HeaderMap::new();
+    h.insert("Nats-Msg-Id", "m-1");
+    h.insert("Mesh-From", "boss");
+    h.insert("Mesh-Intent-Id", "forged");
+    h.insert("Mesh-Status", "200");
+    h.insert("Mesh-Action", "pay.everyone");
+    let js = jetstream::new(mesh.agent("mallory").await);
+    agents::send_with(&js, "mesh.intent.mallory.victim.deploy.service", h, "x")
+        .await
+        .expect("stored");
+    to_victim.wait_for(1).await;
+    let got = &to_victim.all()[0];
+    assert_eq!(got.from, "mallory");
+    assert_eq!(got.action, "deploy.service");
+    assert_eq!(got.intent_id, "m-1");
+}
+
+#[tokio::test]
+async fn forged_credentials_are_refused_at_connect() {
+    let mesh = Mesh::start();
+    let own = mesh.agent_creds("rogue").expect("creds");
+    let (token, seed) = creds::parse(&own).expect("parse");
+    let user = nkeys::KeyPair::from_seed(&seed).expect("seed");
+    let claims = jwt::decode(&token).expect("decode");
+
+    // Its own JWT, renamed to another agent: the signature no longer matches.
+    let mut parts: Vec<&str> = token.split('.').collect();
+    let mut renamed = serde_json::to_value(&claims).expect("json");
+    renamed["name"] = "victim".into();
+    let body = data_encoding::BASE64URL_NOPAD.encode(&serde_json::to_vec(&renamed).expect("json"));
+    parts[1] = &body;
+    let tampered = parts.join(".");
+    // A JWT of its own making with the gateway's permissions, signed with the only key it has.
+    let mut forged = serde_json::Map::new();
+    forged.insert("iat".into(), claims.iat.into());
+    forged.insert("iss".into(), user.public_key().into());
+    forged.insert("sub".into(), user.public_key().into());
+    forged.insert("name".into(), "mesh-gateway".into());
+    let mut nats = permissions::gateway("mesh").to_json();
+    nats["type"] = "user".into();
+    nats["version"] = 2.into();
+    nats["issuer_account"] = mesh.auth().info().mesh_account.clone().into();
+    forged.insert("nats".into(), nats);
+    let self_signed = jwt::sign(forged, &user).expect("sign");
+
+    for bad in [tampered, self_signed] {
+        let text = creds::format(&bad, &seed);
+        let res = ConnectOptions::with_credentials(&text)
+            .expect("creds parse")
+            .max_reconnects(Some(1))
+            .connect(mesh.url())
+            .await;
+        let err = res.expect_err("the server refuses forged credentials");
+        assert_eq!(
+            err.kind(),
+            async_nats::ConnectErrorKind::AuthorizationViolation,
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_agent_is_cut_off_and_its_inbound_work_kept() {
+    init_tracing();
+    let mesh = Mesh::start();
+    let _gw = GatewayTask::start_in(&mesh, "gw1", |_| {}).await;
+    let op = mesh.operator().await;
+    wait_live(&op, &["gw1"]).await;
+    let (worker, mut events) = mesh.agent_watched("worker").await;
+    let seen = Recorder::default();
+    let serving = agents::serve(&worker, "worker", "w1", seen.clone(), true).await;
+    let planner = jetstream::new(mesh.agent("planner").await);
+    agents::send(&planner, "planner", "worker", "do", "0")
+        .await
+        .expect("sent");
+    seen.wait_for(1).await;
+
+    let (revoked, account) = mesh.auth().revoke_agent("worker").expect("revoke");
+    assert_eq!(revoked.len(), 1);
+    let sys = ConnectOptions::with_credentials(
+        &std::fs::read_to_string(mesh.auth().system_creds()).expect("creds"),
+    )
+    .expect("parse")
+    .custom_inbox_prefix(permissions::SYSTEM_INBOX)
+    .connect(mesh.url())
+    .await
+    .expect("system user");
+    push::push_account(&sys, &account, Duration::from_secs(5))
+        .await
+        .expect("pushed");
+    loop {
+        match tokio::time::timeout(DEADLINE, events.recv()).await {
+            Ok(Some(Event::Disconnected)) => break,
+            Ok(Some(_)) => continue,
+            other => panic!("the revoked agent stayed connected: {other:?}"),
+        }
+    }
+    serving.abort();
+    let again = ConnectOptions::with_credentials(&mesh.agent_creds("worker").expect("creds"))
+        .expect("parse")
+        .connect(mesh.url())
+        .await;
+    assert_eq!(
+        again.expect_err("refused").kind(),
+        async_nats::ConnectErrorKind::AuthorizationViolation
+    );
+
+    // Work sent while it is cut off waits, and arrives in order with new credentials.
+    for n in 1..=5 {
+        agents::send(&planner, "planner", "worker", "do", n.to_string())
+            .await
+            .expect("sent");
+    }
+    let fresh = mesh.auth().add_agent("worker", None).expect("re-issue");
+    let client = ConnectOptions::with_credentials(&fresh.creds)
+        .expect("parse")
+        .custom_inbox_prefix(permissions::agent_inbox("worker"))
+        .connect(mesh.url())
+        .await
+        .expect("new credentials connect");
+    let _w = agents::serve(&client, "worker", "w2", seen.clone(), true).await;
+    seen.wait_unique("planner", 6).await;
+    seen.assert_in_order("planner", 6);
+}

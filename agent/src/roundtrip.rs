@@ -41,13 +41,14 @@ pub enum ConfirmError {
 /// Returns once the server has processed everything this client sent before the call.
 pub(crate) async fn confirm(client: &Client) -> Result<(), ConfirmError> {
     let subject = client.new_inbox();
-    let mut echo = client
-        .subscribe(subject.clone())
-        .await
-        .map_err(|source| ConfirmError::Subscribe {
-            subject: subject.clone(),
-            source,
-        })?;
+    let mut echo =
+        client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|source| ConfirmError::Subscribe {
+                subject: subject.clone(),
+                source,
+            })?;
     client
         .publish(subject.clone(), bytes::Bytes::new())
         .await

@@ -17,7 +17,7 @@
 //! - [`push`]: sends an updated account JWT to the servers (revocation).
 //! - [`connect`]: connection options shared by the gateway, mesh-cli, mesh-agent and the
 //!   test harness (URL list, creds file, nkey seed, user/password, token, TLS, inbox prefix).
-//! - [`error`]: [`AuthError`].
+//! - [`error`]: [`AuthError`], what can go wrong.
 
 #![forbid(unsafe_code)]
 

@@ -6,7 +6,10 @@
 //! | agent `<id>` | `<p>.intent.<id>.>`, `<p>.hb.<id>`, `_INBOX_<id>.>`; one reply to each request it receives | `<p>.agent.<id>.>`, `_INBOX_<id>.>` |
 //! | gateway | `$JS.API.>`, `$JS.ACK.>`, `$JS.FC.>`, `$KV.>`, `<p>.>`, `_GW_INBOX.>` | `<p>.>`, `_GW_INBOX.>` |
 //! | operator | `$JS.API.>`, `$JS.ACK.>`, `$JS.FC.>`, `$KV.>`, `<p>.>`, `_CLI_INBOX.>` | `<p>.>`, `_CLI_INBOX.>` |
-//! | system (revocation only) | `$SYS.REQ.CLAIMS.UPDATE`, `$SYS.REQ.ACCOUNT.*.CLAIMS.UPDATE`, `$SYS.REQ.SERVER.PING.>` | `_SYS_INBOX.>` |
+//! | system (revocation only) | `$SYS.REQ.CLAIMS.UPDATE`, `$SYS.REQ.ACCOUNT.*.CLAIMS.UPDATE`, `$SYS.REQ.SERVER.PING.>` | `_CLI_INBOX.>` |
+//!
+//! The system user lives in the system account, which no agent can reach; mesh-cli uses the
+//! same inbox prefix for it as for the operator.
 //!
 //! An agent's permissions come from the template of the account's scoped signing key, expanded
 //! by the server with the user's name (`{{name()}}`), so issuing an agent needs no server
@@ -23,8 +26,6 @@ use serde_json::{json, Value};
 pub const GATEWAY_INBOX: &str = "_GW_INBOX";
 /// mesh-cli's (the operator's) inbox prefix.
 pub const OPERATOR_INBOX: &str = "_CLI_INBOX";
-/// The system user's inbox prefix (revocation pushes).
-pub const SYSTEM_INBOX: &str = "_SYS_INBOX";
 
 /// The inbox prefix of agent `id`: its PubAcks and request replies come back there.
 pub fn agent_inbox(id: &str) -> String {
@@ -131,7 +132,7 @@ pub fn system() -> Permissions {
             "$SYS.REQ.ACCOUNT.*.CLAIMS.UPDATE".into(),
             "$SYS.REQ.SERVER.PING.>".into(),
         ],
-        subscribe: vec![format!("{SYSTEM_INBOX}.>")],
+        subscribe: vec![format!("{OPERATOR_INBOX}.>")],
         responses: None,
     }
 }
@@ -162,7 +163,7 @@ mod tests {
 
     #[test]
     fn trusted_inboxes_lie_outside_every_agents() {
-        for prefix in [GATEWAY_INBOX, OPERATOR_INBOX, SYSTEM_INBOX] {
+        for prefix in [GATEWAY_INBOX, OPERATOR_INBOX] {
             assert!(!prefix.starts_with("_INBOX_"), "{prefix}");
             assert_ne!(prefix, "_INBOX");
         }

@@ -134,9 +134,13 @@ async fn roles_connect_and_an_agent_issued_later_is_accepted_then_revoked() {
     // Revoked: the live connection is closed and a new one refused.
     let (revoked, account) = s.dir.revoke_agent("alice").expect("revoke");
     assert_eq!(revoked.len(), 1);
-    let (sys, _) = connect(&url, &read(s.dir.system_creds()), permissions::SYSTEM_INBOX)
-        .await
-        .expect("system user connects");
+    let (sys, _) = connect(
+        &url,
+        &read(s.dir.system_creds()),
+        permissions::OPERATOR_INBOX,
+    )
+    .await
+    .expect("system user connects");
     push::push_account(&sys, &account, Duration::from_secs(5))
         .await
         .expect("pushed");

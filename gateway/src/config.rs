@@ -210,6 +210,7 @@ const CLI_ONLY_ENV: &[&str] = &[
     "MESH_NATS_SERVER",
     "MESH_NATS_VERSION",
     "MESH_FENCE_TIMEOUT",
+    "MESH_AUTH_DIR",
 ];
 
 /// The machine's host name, for replica ids and presence records.

@@ -66,6 +66,10 @@ pub enum Command {
     Up(cmd::up::Args),
     /// The rogue-agent scenario, end to end, on a local mesh.
     Demo(cmd::demo::Args),
+    /// Agents' credentials: add (issue), revoke, list.
+    Agent(cmd::agent::Args),
+    /// The identities of a secured mesh for your own NATS servers: init.
+    Auth(cmd::auth::Args),
 }
 
 impl Command {
@@ -90,6 +94,8 @@ impl Command {
             Command::Tail(_) => "tail",
             Command::Up(_) => "up",
             Command::Demo(_) => "demo",
+            Command::Agent(_) => "agent",
+            Command::Auth(_) => "auth",
         }
     }
 }

@@ -32,6 +32,7 @@ pub const NON_CONFIG_ENV: &[&str] = &[
 const CLI_FIELDS: &[&str] = &[
     "nats_url",
     "nats_creds",
+    "auth_dir",
     "names",
     "replicas",
     "fence_timeout",
@@ -45,6 +46,9 @@ pub struct CliConfig {
     pub nats_url: String,
     /// Optional NATS credentials file.
     pub nats_creds: Option<String>,
+    /// The auth directory (keys and issued credentials) for `agent add|revoke|list` and
+    /// `kill --revoke`; `mesh-cli up` prints it, `mesh-cli auth init` creates one.
+    pub auth_dir: Option<std::path::PathBuf>,
     /// Stream, bucket and subject names; must match the gateways'.
     pub names: MeshNames,
     /// Replicas of the streams and buckets mesh-cli creates when it runs before any gateway;
@@ -60,6 +64,7 @@ impl Default for CliConfig {
         CliConfig {
             nats_url: "nats://127.0.0.1:4222".to_string(),
             nats_creds: None,
+            auth_dir: None,
             names: MeshNames::default(),
             replicas: 1,
             fence_timeout: Duration::from_secs(15),

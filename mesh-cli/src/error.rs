@@ -36,6 +36,8 @@ pub enum CliError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Auth(#[from] mesh_auth::AuthError),
     #[error("could not create or check the mesh's streams and buckets")]
     Setup(#[from] mesh_gateway::SetupError),
     /// A NATS operation failed; `what` says which, in words.

@@ -22,7 +22,7 @@
 //! - [`output`]: tables for people, JSON for scripts.
 //! - [`error`]: [`CliError`], exit codes, and the one-line error report.
 //! - [`cmd`]: one module per command: `kill`, `resume`, `status`, `policy`, `audit`, `tail`,
-//!   `up`, `demo`.
+//!   `up`, `demo`, `agent` (credentials), `auth` (`auth init`).
 
 #![forbid(unsafe_code)]
 
@@ -118,6 +118,8 @@ pub async fn run(
                     Command::Status(args) => cmd::status::run(args, &mut ctx).await,
                     Command::Policy(args) => cmd::policy::run(args, &mut ctx).await,
                     Command::Audit(args) => cmd::audit::run(args, &mut ctx).await,
+                    Command::Agent(args) => cmd::agent::run(args, &mut ctx).await,
+                    Command::Auth(args) => cmd::auth::run(args, &mut ctx).await,
                     _ => Ok(()),
                 }
             };

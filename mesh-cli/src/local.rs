@@ -233,10 +233,12 @@ fn log_tail(log: &Path) -> String {
 
 /// Starts `nats-server` with JetStream on 127.0.0.1 (`port`, or a free one), storing in
 /// `<dir>/store` and logging to `<dir>/nats-server.log`; returns it with its client URL.
+/// `conf` is a config file (a secured mesh's identity); flags win over it.
 pub async fn start_nats(
     binary: &Path,
     dir: &Path,
     port: Option<u16>,
+    conf: Option<&Path>,
 ) -> Result<(Proc, String), LocalError> {
     let store = dir.join("store");
     let ports = dir.join("ports");
@@ -246,6 +248,9 @@ pub async fn start_nats(
     let log = dir.join("nats-server.log");
     let port = port.map_or_else(|| "-1".to_string(), |p| p.to_string());
     let mut cmd = Command::new(binary);
+    if let Some(conf) = conf {
+        cmd.arg("-c").arg(conf);
+    }
     cmd.arg("-js")
         .args(["-a", "127.0.0.1", "-p", &port, "-n", "mesh-up"])
         .arg("-sd")
@@ -287,6 +292,28 @@ fn read_ports_file(dir: &Path) -> Option<String> {
         }
     }
     None
+}
+
+/// A secured local mesh's identities: the auth directory in `<dir>/auth` (kept and reused when
+/// `dir` is) and the server config for it in `<dir>/nats-server.conf`.
+pub struct LocalAuth {
+    pub auth: mesh_auth::AuthDir,
+    pub conf: PathBuf,
+}
+
+impl LocalAuth {
+    /// Creates (or reopens) the identities for a local server storing under `dir`.
+    pub fn prepare(dir: &Path, prefix: &str) -> Result<LocalAuth, mesh_auth::AuthError> {
+        let auth = mesh_auth::AuthDir::open_or_init(&dir.join("auth"), prefix)?;
+        let conf = dir.join("nats-server.conf");
+        let text = auth.server_config(&dir.join("jwt"))?;
+        std::fs::write(&conf, text).map_err(|source| mesh_auth::AuthError::Io {
+            action: "write",
+            path: conf.clone(),
+            source,
+        })?;
+        Ok(LocalAuth { auth, conf })
+    }
 }
 
 #[cfg(test)]

@@ -70,6 +70,8 @@ pub enum AuditKind {
     Observe,
     /// Health changed (degraded, unreachable, healthy again).
     Health,
+    /// Credentials issued to an agent or revoked (`reason` says which; `detail` has the keys).
+    Credentials,
 }
 
 impl AuditKind {
@@ -85,6 +87,7 @@ impl AuditKind {
             AuditKind::Gateway => "gateway",
             AuditKind::Observe => "observe",
             AuditKind::Health => "health",
+            AuditKind::Credentials => "credentials",
         }
     }
 }

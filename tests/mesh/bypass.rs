@@ -277,7 +277,7 @@ async fn a_revoked_agent_is_cut_off_and_its_inbound_work_kept() {
         &std::fs::read_to_string(mesh.auth().system_creds()).expect("creds"),
     )
     .expect("parse")
-    .custom_inbox_prefix(permissions::SYSTEM_INBOX)
+    .custom_inbox_prefix(permissions::OPERATOR_INBOX)
     .connect(mesh.url())
     .await
     .expect("system user");

@@ -5,6 +5,7 @@
 //! non-zero if one fails. Step 6, the automatic kill by policy, is in [`autokill`].
 
 mod autokill;
+mod undo;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,6 +33,45 @@ pub struct Args {
     /// The deployer's `max_intents_per_hour` in step 6.
     #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     cap: u64,
+    /// Run on an open nats-server (no credentials); by default every agent, gateway and the
+    /// operator connect with credentials of their own.
+    #[arg(long)]
+    insecure: bool,
+}
+
+/// Connects the demo's agents, each with credentials of its own in a secured mesh.
+pub(crate) struct Agents {
+    url: String,
+    auth: Option<mesh_auth::AuthDir>,
+}
+
+impl Agents {
+    /// A new connection as agent `name`.
+    pub(crate) async fn connect(&self, name: &str) -> Result<Agent, CliError> {
+        let agent_id = id(name);
+        let options = match &self.auth {
+            Some(auth) => {
+                let creds = auth.add_agent(name, None)?.creds;
+                async_nats::ConnectOptions::with_credentials(&creds)
+                    .map_err(|e| CliError::nats(format!("read the credentials of {name}"), e))?
+            }
+            None => async_nats::ConnectOptions::new(),
+        };
+        let client = options
+            .custom_inbox_prefix(mesh_auth::permissions::agent_inbox(name))
+            .connect(self.url.as_str())
+            .await
+            .map_err(|e| CliError::nats(format!("connect to {} as {name}", self.url), e))?;
+        Ok(Agent::new(client, agent_id))
+    }
+
+    /// New credentials of agent `name` (`None` on an open server).
+    fn creds(&self, name: &str) -> Result<Option<String>, CliError> {
+        match &self.auth {
+            Some(auth) => Ok(Some(auth.add_agent(name, None)?.creds)),
+            None => Ok(None),
+        }
+    }
 }
 
 /// What the agents saw, shared by their tasks.
@@ -76,12 +116,22 @@ pub async fn run(args: Args, ctx: &mut Ctx) -> Result<(), CliError> {
         })?;
     let dir = temp.path();
     say(ctx, "== Agent Mesh: the rogue-agent demo ==")?;
-    let (nats, url) = local::start_nats(&nats_bin, dir, None).await?;
+    let secured = if args.insecure {
+        None
+    } else {
+        Some(local::LocalAuth::prepare(dir, &ctx.cfg.names.prefix)?)
+    };
+    let conf = secured.as_ref().map(|s| s.conf.as_path());
+    let (nats, url) = local::start_nats(&nats_bin, dir, None, conf).await?;
+    let auth = secured.map(|s| s.auth);
     let cfg = CliConfig {
         nats_url: url.clone(),
-        nats_creds: None,
+        nats_creds: auth
+            .as_ref()
+            .map(|a| a.operator_creds().display().to_string()),
         ..ctx.cfg.clone()
     };
+    let gateway_creds = auth.as_ref().map(mesh_auth::AuthDir::gateway_creds);
     let mut gateways = Vec::new();
     for n in 1..=2 {
         let gdir = dir.join(format!("gw{n}"));
@@ -96,16 +146,26 @@ pub async fn run(args: Args, ctx: &mut Ctx) -> Result<(), CliError> {
             &url,
             &cmd_cfg,
             &gdir,
+            gateway_creds.as_deref(),
         )?);
     }
     let mesh = Mesh::open(cfg).await?;
     wait_replicas(&mesh, 2).await?;
+    let mode = if auth.is_some() {
+        "secured: the gateways, the operator and each agent connect with credentials of their own"
+    } else {
+        "INSECURE (--insecure): no credentials"
+    };
     say(
         ctx,
-        &format!("local NATS at {url}, 2 gateway replicas live"),
+        &format!("local NATS at {url} ({mode}), 2 gateway replicas live"),
     )?;
 
-    let result = scenario(&args, ctx, &mesh).await;
+    let agents = Agents {
+        url: url.clone(),
+        auth,
+    };
+    let result = scenario(&args, ctx, &mesh, &agents).await;
     for g in gateways {
         g.stop(Duration::from_secs(5)).await;
     }
@@ -160,13 +220,12 @@ async fn wait_until(what: &str, mut ok: impl FnMut() -> bool) -> Result<(), CliE
     Ok(())
 }
 
-async fn scenario(args: &Args, ctx: &mut Ctx, mesh: &Mesh) -> Result<(), CliError> {
-    let url = mesh.cfg.nats_url.clone();
-    let connect = || async {
-        async_nats::connect(url.as_str())
-            .await
-            .map_err(|e| CliError::nats(format!("connect to {url}"), e))
-    };
+async fn scenario(
+    args: &Args,
+    ctx: &mut Ctx,
+    mesh: &Mesh,
+    agents: &Agents,
+) -> Result<(), CliError> {
     let counts = Arc::new(Counts::default());
     let stop = Arc::new(AtomicBool::new(false));
 
@@ -178,7 +237,7 @@ async fn scenario(args: &Args, ctx: &mut Ctx, mesh: &Mesh) -> Result<(), CliErro
     let mut tasks = Vec::new();
     let mut heartbeats = Vec::new();
     for i in 0..4 {
-        let agent = Agent::new(connect().await?, id("deployer"));
+        let agent = agents.connect("deployer").await?;
         heartbeats.push(agent.heartbeat(format!("deployer-{i}"), HEARTBEAT_EVERY));
         let mut inbox = agent
             .serve()
@@ -210,7 +269,7 @@ async fn scenario(args: &Args, ctx: &mut Ctx, mesh: &Mesh) -> Result<(), CliErro
             }
         }));
     }
-    let infra = Agent::new(connect().await?, id("infra"));
+    let infra = agents.connect("infra").await?;
     heartbeats.push(infra.heartbeat("infra-0", HEARTBEAT_EVERY));
     let mut infra_inbox = infra
         .serve()
@@ -230,7 +289,7 @@ async fn scenario(args: &Args, ctx: &mut Ctx, mesh: &Mesh) -> Result<(), CliErro
             }
         }));
     }
-    let rogue = Agent::new(connect().await?, id("deployer"));
+    let rogue = agents.connect("deployer").await?;
     {
         let mut rejections = rogue
             .rejections()
@@ -261,7 +320,7 @@ async fn scenario(args: &Args, ctx: &mut Ctx, mesh: &Mesh) -> Result<(), CliErro
             }
         }));
     }
-    let planner = Agent::new(connect().await?, id("planner"));
+    let planner = agents.connect("planner").await?;
     heartbeats.push(planner.heartbeat("planner-0", HEARTBEAT_EVERY));
     let deployer = id("deployer");
     let mut planned = 0u64;
@@ -303,6 +362,18 @@ async fn scenario(args: &Args, ctx: &mut Ctx, mesh: &Mesh) -> Result<(), CliErro
     let in_at_kill = counts.to_deployer.load(Ordering::SeqCst);
     let out_at_kill = counts.infra_from_deployer.load(Ordering::SeqCst);
     say(ctx, &format!("   {}", outcome.summary()))?;
+
+    // Step 2b: the rogue tries to undo its own kill with its own credentials.
+    if let Some(creds) = agents.creds("deployer")? {
+        say(
+            ctx,
+            "   the deployer tries to undo its kill with the credentials it holds:",
+        )?;
+        for line in undo::attempt(mesh, &deployer, &creds).await? {
+            say(ctx, &format!("   - {line}"))?;
+        }
+        say(ctx, "   the kill holds")?;
+    }
 
     // Step 3: work for the deployer keeps arriving and waits, durable; its own sends bounce.
     say(ctx, &format!("\n3. the planner sends {} more intents to the killed deployer; the deployer keeps trying to deploy", args.held))?;
@@ -411,7 +482,7 @@ async fn scenario(args: &Args, ctx: &mut Ctx, mesh: &Mesh) -> Result<(), CliErro
     )?;
 
     // Step 6: a policy kills the deployer on its own when it misbehaves again.
-    let step6 = autokill::run(args, ctx, mesh, &counts).await;
+    let step6 = autokill::run(args, ctx, mesh, agents, &counts).await;
     for t in tasks {
         t.abort();
     }

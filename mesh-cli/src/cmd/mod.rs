@@ -1,6 +1,8 @@
 //! One module per command. Each has its clap `Args` and an `async fn run(args, ctx)`.
 
+pub mod agent;
 pub mod audit;
+pub mod auth;
 pub mod demo;
 pub mod kill;
 pub mod policy;

@@ -2,6 +2,11 @@
 //! free port with its own store dir, and one mesh-gateway (found next to mesh-cli) pointed at
 //! it; prints the URL and the subjects to use; runs until Ctrl-C, then stops the gateway (it
 //! drains) and the server, and deletes the store dir unless `--dir` was given.
+//!
+//! Secured by default: the server authenticates every connection (operator mode, full
+//! resolver), the gateway and the operator get credentials of their own in `<dir>/auth`, and
+//! `mesh-cli agent add <id>` issues an agent's while the server runs. `--insecure` is the open
+//! mode of old, for quick experiments only.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,6 +40,10 @@ pub struct Args {
     /// Start only nats-server (run gateways yourself).
     #[arg(long)]
     pub no_gateway: bool,
+    /// Open mode: no authentication, every client may do anything, so an agent can undo its
+    /// own kill. For quick experiments only.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// What `up --json` prints once everything runs.
@@ -47,6 +56,17 @@ pub struct Running {
     pub logs: Vec<PathBuf>,
     pub subjects: Subjects,
     pub kill: String,
+    /// Whether the server authenticates every connection.
+    pub secured: bool,
+    /// The auth directory (secured mode): keys and issued credentials.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_dir: Option<PathBuf>,
+    /// The operator's credentials (secured mode), for mesh-cli.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operator_creds: Option<PathBuf>,
+    /// How to issue an agent's credentials (secured mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub add_agent: Option<String>,
 }
 
 /// The subjects an agent uses, with placeholders.
@@ -100,15 +120,30 @@ pub async fn run(args: Args, ctx: &mut Ctx) -> Result<(), CliError> {
         }
     };
 
-    let (mut nats, url) = local::start_nats(&nats_bin, &dir, args.port).await?;
+    let secured = if args.insecure {
+        output::note(
+            "WARNING: --insecure: nats-server accepts every connection with no credentials and \
+             every client may do anything. Any agent can delete its own kill flag, write into \
+             another agent's inbox or send as another agent: the kill switch holds only against \
+             agents that cooperate. Use it for quick experiments, never with real agents.",
+        );
+        None
+    } else {
+        Some(local::LocalAuth::prepare(&dir, &ctx.cfg.names.prefix)?)
+    };
+    let conf = secured.as_ref().map(|s| s.conf.as_path());
+    let (mut nats, url) = local::start_nats(&nats_bin, &dir, args.port, conf).await?;
+    let gateway_creds = secured.as_ref().map(|s| s.auth.gateway_creds());
+    let operator_creds = secured.as_ref().map(|s| s.auth.operator_creds());
     let mut gateway = match &gateway_bin {
         Some(bin) => {
-            let mut proc = start_gateway(bin, &url, &ctx.cfg, &dir)?;
-            wait_for_gateway(&mut proc, &url, &ctx.cfg).await?;
+            let mut proc = start_gateway(bin, &url, &ctx.cfg, &dir, gateway_creds.as_deref())?;
+            wait_for_gateway(&mut proc, &url, &ctx.cfg, operator_creds.as_deref()).await?;
             Some(proc)
         }
         None => None,
     };
+    let auth_dir = secured.as_ref().map(|s| s.auth.root().to_path_buf());
 
     let running = Running {
         nats_url: url.clone(),
@@ -120,6 +155,15 @@ pub async fn run(args: Args, ctx: &mut Ctx) -> Result<(), CliError> {
             .collect(),
         subjects: Subjects::new(&ctx.cfg.names.prefix),
         kill: format!("mesh-cli --nats-url {url} kill <id> --reason \"...\""),
+        secured: secured.is_some(),
+        add_agent: auth_dir.as_ref().map(|d| {
+            format!(
+                "mesh-cli agent add <id> --out <id>.creds --auth-dir {}",
+                d.display()
+            )
+        }),
+        auth_dir,
+        operator_creds,
     };
     if ctx.out.is_json() {
         ctx.out.json(&running)?;
@@ -164,21 +208,27 @@ async fn wait_opt(proc: &mut Option<Proc>) -> std::io::Result<std::process::Exit
     }
 }
 
-/// Starts mesh-gateway against `url` with the configured names, logging to
-/// `<dir>/mesh-gateway.log`. Variables meant for mesh-cli are not passed on.
+/// Starts mesh-gateway against `url` with the configured names and, in a secured mesh, the
+/// gateways' credentials, logging to `<dir>/mesh-gateway.log`. Variables meant for mesh-cli
+/// are not passed on.
 pub(crate) fn start_gateway(
     bin: &std::path::Path,
     url: &str,
     cfg: &CliConfig,
     dir: &std::path::Path,
+    creds: Option<&std::path::Path>,
 ) -> Result<Proc, LocalError> {
     let mut cmd = Command::new(bin);
     cmd.arg("--nats-url").arg(url);
-    for var in NON_CONFIG_ENV
-        .iter()
-        .chain(&["MESH_FENCE_TIMEOUT", "MESH_NATS_CREDS"])
+    for var in
+        NON_CONFIG_ENV
+            .iter()
+            .chain(&["MESH_FENCE_TIMEOUT", "MESH_NATS_CREDS", "MESH_AUTH_DIR"])
     {
         cmd.env_remove(var);
+    }
+    if let Some(creds) = creds {
+        cmd.env("MESH_NATS_CREDS", creds);
     }
     let n = &cfg.names;
     cmd.env("MESH_REPLICAS", "1")
@@ -195,10 +245,15 @@ pub(crate) fn start_gateway(
 
 /// Waits until the gateway has a live presence record. A gateway that runs but has not
 /// announced itself in time gets a warning, not an error.
-async fn wait_for_gateway(proc: &mut Proc, url: &str, cfg: &CliConfig) -> Result<(), CliError> {
+pub(crate) async fn wait_for_gateway(
+    proc: &mut Proc,
+    url: &str,
+    cfg: &CliConfig,
+    operator_creds: Option<&std::path::Path>,
+) -> Result<(), CliError> {
     let cfg = CliConfig {
         nats_url: url.to_string(),
-        nats_creds: None,
+        nats_creds: operator_creds.map(|p| p.display().to_string()),
         ..cfg.clone()
     };
     let mesh = crate::mesh::Mesh::open(cfg).await?;
@@ -224,7 +279,11 @@ async fn wait_for_gateway(proc: &mut Proc, url: &str, cfg: &CliConfig) -> Result
 
 fn print_running(ctx: &mut Ctx, r: &Running) -> Result<(), CliError> {
     let out = &mut ctx.out;
-    out.line("Agent Mesh is up.")?;
+    if r.secured {
+        out.line("Agent Mesh is up, secured: every connection needs credentials of its own.")?;
+    } else {
+        out.line("Agent Mesh is up, INSECURE (--insecure): any client may do anything.")?;
+    }
     out.line(&format!(
         "  NATS      {}  (JetStream, data in {})",
         r.nats_url,
@@ -269,8 +328,23 @@ fn print_running(ctx: &mut Ctx, r: &Running) -> Result<(), CliError> {
         ],
     )?;
     out.line("")?;
-    out.line(&format!("  kill      {}", r.kill))?;
-    out.line(&format!("  env       export MESH_NATS_URL={}", r.nats_url))?;
+    if let (Some(dir), Some(creds)) = (&r.auth_dir, &r.operator_creds) {
+        out.line(&format!("  operator  credentials in {}", creds.display()))?;
+        out.line(&format!(
+            "  env       export MESH_NATS_URL={} MESH_NATS_CREDS={} MESH_AUTH_DIR={}",
+            r.nats_url,
+            creds.display(),
+            dir.display()
+        ))?;
+        if let Some(add) = &r.add_agent {
+            out.line(&format!("  agents    {add}"))?;
+            out.line("            connect with that file and inbox prefix _INBOX_<id>")?;
+        }
+        out.line(&format!("  kill      {}", r.kill))?;
+    } else {
+        out.line(&format!("  kill      {}", r.kill))?;
+        out.line(&format!("  env       export MESH_NATS_URL={}", r.nats_url))?;
+    }
     out.line("")?;
     out.line("Ctrl-C stops the gateway and the server.")?;
     Ok(())

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use mesh_agent::{Agent, SendOptions};
+use mesh_agent::SendOptions;
 use mesh_schemas::{KillRecord, KillState, Policy};
 
 use super::{check, id, say, status_line, wait_until, Args, Counts};
@@ -28,6 +28,7 @@ pub(super) async fn run(
     args: &Args,
     ctx: &mut Ctx,
     mesh: &Mesh,
+    agents: &super::Agents,
     counts: &Arc<Counts>,
 ) -> Result<(), CliError> {
     let cap = args.cap;
@@ -68,11 +69,7 @@ pub(super) async fn run(
     )?;
     let hour_at_start = hour();
     let infra_before = counts.infra_from_deployer.load(Ordering::SeqCst);
-    let url = mesh.cfg.nats_url.clone();
-    let client = async_nats::connect(url.as_str())
-        .await
-        .map_err(|e| CliError::nats(format!("connect to {url}"), e))?;
-    let rogue = Agent::new(client, deployer.clone());
+    let rogue = agents.connect(deployer.as_str()).await?;
     let rejected = Arc::new(AtomicU64::new(0));
     let mut rejections = rogue
         .rejections()

@@ -17,7 +17,7 @@ pub struct Args {
     #[arg(long, value_parser = super::agent_id)]
     pub agent: Option<AgentId>,
     /// Only events of this kind: kill, resume, autokill, policy, observe, health, reject, stale,
-    /// gateway.
+    /// gateway, credentials.
     #[arg(long, value_parser = kind)]
     pub kind: Option<String>,
     /// Only events from this long ago on (e.g. 90s, 1h, 2d); all when absent.
@@ -33,7 +33,7 @@ pub fn kind(s: &str) -> Result<String, String> {
     AgentId::new(s).map(String::from).map_err(|_| {
         format!(
             "{s:?} is not an event kind (kill, resume, autokill, policy, observe, health, reject, \
-             stale, gateway)"
+             stale, gateway, credentials)"
         )
     })
 }

@@ -6,8 +6,8 @@ use serde_json::Value;
 
 use crate::{assert_exit, json, mesh_cli, stdout, BIN};
 
-/// Starts `mesh-cli up --json <extra>` and returns it with the JSON it printed once ready.
-async fn start_up(extra: &[&str]) -> (tokio::process::Child, Value) {
+/// Starts `mesh-cli up --json <extra>` (public: the agent tests run on it too) and returns it with the JSON it printed once ready.
+pub async fn start_up(extra: &[&str]) -> (tokio::process::Child, Value) {
     let nats = mesh_testkit::nats_server_binary().expect("a nats-server binary");
     let mut child = tokio::process::Command::new(BIN)
         .env_clear()
@@ -38,8 +38,20 @@ async fn start_up(extra: &[&str]) -> (tokio::process::Child, Value) {
     (child, running)
 }
 
+/// Builds the gateway next to mesh-cli (a no-op when fresh): a skipped test proves nothing, and
+/// `cargo test -p mesh-cli` alone would not rebuild another package's binary.
+pub fn build_gateway() {
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "-q", "-p", "mesh-gateway", "--bin", "mesh-gateway"])
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build -p mesh-gateway failed");
+    let gateway = std::path::Path::new(BIN).with_file_name("mesh-gateway");
+    assert!(gateway.is_file(), "{} is not built", gateway.display());
+}
+
 /// Sends `signal`, then waits for the exit code.
-async fn stop(mut child: tokio::process::Child, signal: &str) -> Option<i32> {
+pub async fn stop(mut child: tokio::process::Child, signal: &str) -> Option<i32> {
     crate::signal(&child, signal);
     tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
@@ -49,13 +61,15 @@ async fn stop(mut child: tokio::process::Child, signal: &str) -> Option<i32> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn up_without_a_gateway_runs_a_server_until_interrupted() {
+async fn up_insecure_without_a_gateway_runs_an_open_server_until_interrupted() {
     let dir = tempfile::tempdir().expect("temp dir");
     let dir_arg = dir.path().display().to_string();
-    let (child, running) = start_up(&["--no-gateway", "--dir", &dir_arg]).await;
+    let (child, running) = start_up(&["--no-gateway", "--insecure", "--dir", &dir_arg]).await;
     let url = running["nats_url"].as_str().expect("url").to_string();
     assert_eq!(running["subjects"]["inbox"], "mesh.agent.<id>.inbox");
     assert_eq!(running["gateway_pid"], Value::Null);
+    assert_eq!(running["secured"], false);
+    assert_eq!(running["auth_dir"], Value::Null);
 
     // The server has JetStream: a command against it works.
     let o = mesh_cli(&["resume", "x", "--nats-url", &url], &[]).await;
@@ -71,18 +85,21 @@ async fn up_without_a_gateway_runs_a_server_until_interrupted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_runs_a_gateway_that_confirms_kills() {
-    // Build the gateway next to mesh-cli (a no-op when fresh): a skipped test proves nothing,
-    // and `cargo test -p mesh-cli` alone would not rebuild another package's binary.
-    let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "-q", "-p", "mesh-gateway", "--bin", "mesh-gateway"])
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "cargo build -p mesh-gateway failed");
-    let gateway = std::path::Path::new(BIN).with_file_name("mesh-gateway");
-    assert!(gateway.is_file(), "{} is not built", gateway.display());
+    build_gateway();
     let (child, running) = start_up(&[]).await;
     let url = running["nats_url"].as_str().expect("url").to_string();
     assert!(running["gateway_pid"].is_u64(), "{running}");
+    assert_eq!(running["secured"], true);
+    let creds = running["operator_creds"].as_str().expect("operator creds");
+
+    // Secured: without credentials the server refuses mesh-cli.
+    let o = mesh_cli(&["status", "--nats-url", &url], &[]).await;
+    assert_exit(&o, 1);
+    assert!(
+        crate::stderr(&o).to_lowercase().contains("authorization"),
+        "{}",
+        crate::stderr(&o)
+    );
 
     let o = mesh_cli(
         &[
@@ -94,7 +111,7 @@ async fn up_runs_a_gateway_that_confirms_kills() {
             "--nats-url",
             &url,
         ],
-        &[],
+        &[("MESH_NATS_CREDS", creds)],
     )
     .await;
     assert_exit(&o, 0);
@@ -105,7 +122,11 @@ async fn up_runs_a_gateway_that_confirms_kills() {
         "{out}"
     );
     assert_eq!(out["replicas"]["confirmed"], out["replicas"]["live"]);
-    let o = mesh_cli(&["resume", "deployer", "--nats-url", &url], &[]).await;
+    let o = mesh_cli(
+        &["resume", "deployer", "--nats-url", &url, "--creds", creds],
+        &[],
+    )
+    .await;
     assert_exit(&o, 0);
     assert!(
         stdout(&o).contains("1/1 replicas confirmed"),

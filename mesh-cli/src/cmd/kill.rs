@@ -25,18 +25,70 @@ pub struct Args {
     /// MESH_FENCE_TIMEOUT.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
+    /// Also revoke the agent's credentials: NATS closes its connections and refuses new ones,
+    /// for an agent that also talks NATS outside the mesh. Its later intents are then refused
+    /// by NATS, not recorded as rejections. Needs the auth directory (--auth-dir or
+    /// MESH_AUTH_DIR).
+    #[arg(long)]
+    pub revoke: bool,
+    /// The auth directory, for --revoke.
+    #[arg(long, value_name = "DIR", requires = "revoke")]
+    pub auth_dir: Option<std::path::PathBuf>,
 }
 
 pub async fn run(args: Args, ctx: &mut Ctx) -> Result<(), CliError> {
     let by = args.by.unwrap_or_else(|| super::operator(&ctx.env));
+    // Open the auth directory first: a --revoke that cannot revoke fails before anything.
+    let auth = if args.revoke {
+        Some(super::agent::open(&ctx.cfg, args.auth_dir.as_deref())?)
+    } else {
+        None
+    };
     let switch = Switch {
-        agent: args.agent,
+        agent: args.agent.clone(),
         state: KillState::Killed,
-        reason: args.reason,
-        by,
+        reason: args.reason.clone(),
+        by: by.clone(),
         timeout: ctx.cfg.fence_timeout,
     };
-    apply_and_report(switch, "kill", ctx).await
+    let Some(auth) = auth else {
+        return apply_and_report(switch, "kill", ctx).await;
+    };
+    // The kill flag first: it is the fast path and holds on its own.
+    let mesh = Mesh::open(ctx.cfg.clone()).await?;
+    let outcome = switch.apply(&mesh).await?;
+    let reason = format!("killed with --revoke: {}", args.reason);
+    let revoked = super::agent::revoke(&auth, &ctx.cfg, args.agent.as_str(), &reason, &by).await?;
+    if ctx.out.is_json() {
+        let mut value = serde_json::to_value(&outcome)
+            .map_err(|e| CliError::nats("could not encode the outcome", e))?;
+        value["revoked"] = serde_json::to_value(&revoked)
+            .map_err(|e| CliError::nats("could not encode the outcome", e))?;
+        ctx.out.json(&value)?;
+    } else {
+        ctx.out.line(&outcome.summary())?;
+        ctx.out.line(&format!(
+            "revoked {} credential(s) of {}: NATS closed its connections and refuses new ones",
+            revoked.revoked.len(),
+            args.agent
+        ))?;
+    }
+    unconfirmed(&outcome, &switch)
+}
+
+/// Turns an incomplete fence into exit code 3.
+fn unconfirmed(outcome: &crate::switch::Outcome, switch: &Switch) -> Result<(), CliError> {
+    if outcome.confirmed {
+        Ok(())
+    } else {
+        Err(CliError::Unconfirmed {
+            action: "kill",
+            agent: outcome.agent.to_string(),
+            live: outcome.replicas.live.len(),
+            missing: outcome.replicas.missing.clone(),
+            timeout: switch.timeout,
+        })
+    }
 }
 
 /// Runs a switch, prints its outcome and turns an incomplete fence into exit code 3.

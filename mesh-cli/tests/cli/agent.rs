@@ -191,5 +191,33 @@ async fn credentials_are_issued_used_listed_and_revoked() {
         ]
     );
 
+    // kill --revoke: the kill is fenced and the credentials are revoked, in one answer.
+    let o = mesh_cli(
+        &[
+            "kill", "deployer", "--reason", "rogue", "--revoke", "--json",
+        ],
+        &env,
+    )
+    .await;
+    assert_exit(&o, 0);
+    let out = json(&o);
+    assert_eq!(
+        out["replicas"]["confirmed"], out["replicas"]["live"],
+        "{out}"
+    );
+    assert_eq!(
+        out["revoked"]["revoked"].as_array().map(Vec::len),
+        Some(1),
+        "{out}"
+    );
+    let again = ConnectOptions::with_credentials(&deployer_creds)
+        .expect("creds")
+        .connect(&url)
+        .await;
+    assert_eq!(
+        again.expect_err("refused").kind(),
+        async_nats::ConnectErrorKind::AuthorizationViolation
+    );
+
     assert_eq!(stop(child, "TERM").await, Some(0));
 }

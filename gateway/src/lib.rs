@@ -21,6 +21,7 @@
 //! - [`policy`]: the policy book (KV watch), allowed actions, rate limits, caps and ceilings.
 //! - [`health`]: heartbeats, health states, alerts, `on_unreachable`.
 //! - [`autokill`]: a breach writes a kill record like an operator would.
+//! - [`server_version`]: the nats-server releases the mesh supports; a warning at start.
 //!
 //! Around them: [`config`] (layered configuration), [`setup`] (streams, buckets, consumers) and
 //! [`run`], which wires a replica together and drains it on shutdown.
@@ -38,6 +39,7 @@ pub mod park;
 pub mod policy;
 pub mod presence;
 pub mod reject;
+pub mod server_version;
 pub mod setup;
 pub mod worker;
 
@@ -69,6 +71,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GatewayError> {
     cfg.validate()?;
+    server_version::warn_if_needed(&client);
     let js = jetstream::new(client.clone());
     let objects = setup::ensure(&js, &cfg).await?;
     let budget_kv = objects.counters.clone();

@@ -391,6 +391,7 @@ impl Prepared {
                     ConnectError::Auth { url, source }
                 }
                 ConnectErrorKind::Tls => ConnectError::Tls { url, source },
+                _ if tls_alert(&source) => ConnectError::Tls { url, source },
                 ConnectErrorKind::TimedOut => ConnectError::Timeout {
                     url,
                     after: timeout,
@@ -403,6 +404,27 @@ impl Prepared {
             }),
         }
     }
+}
+
+/// Whether an I/O error of a connection attempt is a TLS failure: async-nats reports a refused
+/// handshake (the server wants a client certificate, or does not trust ours) as I/O.
+fn tls_alert(error: &async_nats::ConnectError) -> bool {
+    let mut cause = std::error::Error::source(error);
+    while let Some(e) = cause {
+        if e.is::<async_nats::rustls::Error>() {
+            return true;
+        }
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            if inner.is::<async_nats::rustls::Error>() {
+                return true;
+            }
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// A subject without wildcards, spaces or empty tokens.

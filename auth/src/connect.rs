@@ -266,6 +266,31 @@ impl NatsConnection {
         }
     }
 
+    /// The settings as `MESH_NATS_*` variables, only those that are set: for a child process
+    /// (mesh-cli starting a gateway) without putting secrets on its command line.
+    pub fn env_vars(&self) -> Vec<(String, std::ffi::OsString)> {
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.as_os_str().to_owned());
+        let text = |t: Option<&str>| t.map(std::ffi::OsString::from);
+        let values = [
+            (Field::Url, text(Some(self.url.as_str()))),
+            (Field::Creds, path(&self.creds)),
+            (Field::Nkey, path(&self.nkey)),
+            (Field::User, text(self.user.as_deref())),
+            (
+                Field::Password,
+                text(self.password.as_ref().map(Secret::expose)),
+            ),
+            (Field::Token, text(self.token.as_ref().map(Secret::expose))),
+            (Field::TlsCa, path(&self.tls_ca)),
+            (Field::TlsCert, path(&self.tls_cert)),
+            (Field::TlsKey, path(&self.tls_key)),
+        ];
+        values
+            .into_iter()
+            .filter_map(|(field, value)| value.map(|v| (field.env(), v)))
+            .collect()
+    }
+
     /// Checks what can be checked without reading files: the URL list, and that the settings
     /// do not conflict or miss their other half. [`NatsConnection::prepare`] does this too.
     pub fn check(&self) -> Result<Vec<ServerAddr>, ConnectionError> {

@@ -112,9 +112,10 @@ impl CliError {
     /// The exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            CliError::Usage(_) | CliError::Config(_) | CliError::InvalidPolicy { .. } => {
-                exit::USAGE
-            }
+            CliError::Usage(_)
+            | CliError::Config(_)
+            | CliError::InvalidPolicy { .. }
+            | CliError::Connect(ConnectError::Settings(_)) => exit::USAGE,
             CliError::Unconfirmed { .. } | CliError::PolicyUnconfirmed { .. } => exit::UNCONFIRMED,
             CliError::Interrupted(_) => exit::INTERRUPTED,
             _ if self.is_broken_pipe() => exit::OK,

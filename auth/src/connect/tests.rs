@@ -225,3 +225,28 @@ fn inbox_prefixes_are_plain_subjects() {
         );
     }
 }
+
+#[test]
+fn env_vars_name_only_what_is_set() {
+    let c = NatsConnection {
+        token: Some(Secret::new("t")),
+        tls_ca: Some("/ca.pem".into()),
+        ..NatsConnection::new("nats://a:1,nats://b:2")
+    };
+    let vars: Vec<(String, String)> = c
+        .env_vars()
+        .into_iter()
+        .map(|(k, v)| (k, v.to_string_lossy().into_owned()))
+        .collect();
+    assert_eq!(
+        vars,
+        vec![
+            (
+                "MESH_NATS_URL".to_string(),
+                "nats://a:1,nats://b:2".to_string()
+            ),
+            ("MESH_NATS_TOKEN".to_string(), "t".to_string()),
+            ("MESH_NATS_TLS_CA".to_string(), "/ca.pem".to_string()),
+        ]
+    );
+}

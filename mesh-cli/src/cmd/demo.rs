@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use mesh_agent::Agent;
 use mesh_schemas::{AgentId, KillState};
 
-use crate::config::CliConfig;
 use crate::error::CliError;
 use crate::events::{self, Filter};
 use crate::local::{self, Proc};
@@ -77,11 +76,11 @@ pub async fn run(args: Args, ctx: &mut Ctx) -> Result<(), CliError> {
     let dir = temp.path();
     say(ctx, "== Agent Mesh: the rogue-agent demo ==")?;
     let (nats, url) = local::start_nats(&nats_bin, dir, None).await?;
-    let cfg = CliConfig {
-        nats_url: url.clone(),
-        nats_creds: None,
-        ..ctx.cfg.clone()
-    };
+    // The local server, with none of the configured credentials (they are for another one).
+    let cfg = ctx
+        .cfg
+        .clone()
+        .with_connection(mesh_auth::connect::NatsConnection::new(&url));
     let mut gateways = Vec::new();
     for n in 1..=2 {
         let gdir = dir.join(format!("gw{n}"));
@@ -91,12 +90,7 @@ pub async fn run(args: Args, ctx: &mut Ctx) -> Result<(), CliError> {
         })?;
         let mut cmd_cfg = cfg.clone();
         cmd_cfg.names = ctx.cfg.names.clone();
-        gateways.push(super::up::start_gateway(
-            &gateway_bin,
-            &url,
-            &cmd_cfg,
-            &gdir,
-        )?);
+        gateways.push(super::up::start_gateway(&gateway_bin, &cmd_cfg, &gdir)?);
     }
     let mesh = Mesh::open(cfg).await?;
     wait_replicas(&mesh, 2).await?;

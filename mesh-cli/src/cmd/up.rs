@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use mesh_auth::connect::{Field, NatsConnection};
 use serde::Serialize;
 use tokio::process::Command;
 use tokio::time::Instant;
@@ -101,10 +102,12 @@ pub async fn run(args: Args, ctx: &mut Ctx) -> Result<(), CliError> {
     };
 
     let (mut nats, url) = local::start_nats(&nats_bin, &dir, args.port).await?;
+    // The local server, with none of the configured credentials (they are for another one).
+    let local_cfg = ctx.cfg.clone().with_connection(NatsConnection::new(&url));
     let mut gateway = match &gateway_bin {
         Some(bin) => {
-            let mut proc = start_gateway(bin, &url, &ctx.cfg, &dir)?;
-            wait_for_gateway(&mut proc, &url, &ctx.cfg).await?;
+            let mut proc = start_gateway(bin, &local_cfg, &dir)?;
+            wait_for_gateway(&mut proc, &local_cfg).await?;
             Some(proc)
         }
         None => None,
@@ -164,22 +167,23 @@ async fn wait_opt(proc: &mut Option<Proc>) -> std::io::Result<std::process::Exit
     }
 }
 
-/// Starts mesh-gateway against `url` with the configured names, logging to
-/// `<dir>/mesh-gateway.log`. Variables meant for mesh-cli are not passed on.
+/// Starts mesh-gateway with `cfg`'s NATS connection and names, logging to
+/// `<dir>/mesh-gateway.log`. Variables meant for mesh-cli are not passed on; the connection
+/// goes as `MESH_NATS_*` variables (replacing any inherited ones), so that no password or token
+/// shows on the command line.
 pub(crate) fn start_gateway(
     bin: &std::path::Path,
-    url: &str,
     cfg: &CliConfig,
     dir: &std::path::Path,
 ) -> Result<Proc, LocalError> {
     let mut cmd = Command::new(bin);
-    cmd.arg("--nats-url").arg(url);
-    for var in NON_CONFIG_ENV
-        .iter()
-        .chain(&["MESH_FENCE_TIMEOUT", "MESH_NATS_CREDS"])
-    {
+    for var in NON_CONFIG_ENV.iter().chain(&["MESH_FENCE_TIMEOUT"]) {
         cmd.env_remove(var);
     }
+    for field in Field::ALL {
+        cmd.env_remove(field.env());
+    }
+    cmd.envs(cfg.connection().env_vars());
     let n = &cfg.names;
     cmd.env("MESH_REPLICAS", "1")
         .env("MESH_NAMES__PREFIX", &n.prefix)
@@ -195,13 +199,8 @@ pub(crate) fn start_gateway(
 
 /// Waits until the gateway has a live presence record. A gateway that runs but has not
 /// announced itself in time gets a warning, not an error.
-async fn wait_for_gateway(proc: &mut Proc, url: &str, cfg: &CliConfig) -> Result<(), CliError> {
-    let cfg = CliConfig {
-        nats_url: url.to_string(),
-        nats_creds: None,
-        ..cfg.clone()
-    };
-    let mesh = crate::mesh::Mesh::open(cfg).await?;
+async fn wait_for_gateway(proc: &mut Proc, cfg: &CliConfig) -> Result<(), CliError> {
+    let mesh = crate::mesh::Mesh::open(cfg.clone()).await?;
     let deadline = Instant::now() + GATEWAY_READY_TIMEOUT;
     while Instant::now() < deadline {
         if let Some(status) = proc.exited() {

@@ -2,6 +2,7 @@
 //! server; `switch`, `policy` and `up` run against a real nats-server from mesh-testkit, with the
 //! gateway replicas played by the test (or run in the test's process) where one is needed.
 
+mod connection;
 mod policy;
 mod switch;
 mod up;

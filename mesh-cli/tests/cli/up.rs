@@ -80,7 +80,15 @@ async fn up_runs_a_gateway_that_confirms_kills() {
     assert!(status.success(), "cargo build -p mesh-gateway failed");
     let gateway = std::path::Path::new(BIN).with_file_name("mesh-gateway");
     assert!(gateway.is_file(), "{} is not built", gateway.display());
-    let (child, running) = start_up(&[]).await;
+    // Connection settings meant for another server reach neither the local gateway nor up's
+    // own wait for it: a CA file that does not exist would stop both.
+    let (child, running) = start_up(&[
+        "--nats-token",
+        "meant-for-another-server",
+        "--nats-tls-ca",
+        "/nonexistent/ca.pem",
+    ])
+    .await;
     let url = running["nats_url"].as_str().expect("url").to_string();
     assert!(running["gateway_pid"].is_u64(), "{running}");
 

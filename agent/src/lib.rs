@@ -9,11 +9,14 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use mesh_agent::Agent;
+//! use mesh_agent::{Agent, NatsConnection};
 //! use mesh_schemas::AgentId;
 //!
-//! let client = async_nats::connect("nats://127.0.0.1:4222").await?;
-//! let me = Agent::new(client, AgentId::new("deployer")?);
+//! let nats = NatsConnection {
+//!     creds: Some("deployer.creds".into()),
+//!     ..NatsConnection::new("tls://nats1:4222,tls://nats2:4222")
+//! };
+//! let me = Agent::connect(AgentId::new("deployer")?, &nats).await?;
 //! let receipt = me.send(&AgentId::new("billing")?, "invoice.create", "order 7").await?;
 //! println!("sent {} (stream seq {})", receipt.intent_id, receipt.stream_seq);
 //!
@@ -25,6 +28,17 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Connecting
+//!
+//! [`Agent::connect`] connects with the shared connection options of the mesh
+//! ([`NatsConnection`]: URL list, creds file, nkey seed file, user and password, token, TLS) and
+//! with the inbox prefix `_INBOX_<id>`. In a secured mesh that prefix is not optional: an
+//! agent's NATS permissions allow it to subscribe `_INBOX_<id>.>` and not `_INBOX.>`, so a
+//! client with the default prefix never receives a reply, not even JetStream's acknowledgement
+//! of its intents. A client you build yourself for [`Agent::new`] must set
+//! `ConnectOptions::custom_inbox_prefix(mesh_auth::connect::agent_inbox_prefix(id))`
+//! (or `async_nats::ConnectOptions::custom_inbox_prefix("_INBOX_<id>")`).
 //!
 //! # Heartbeats and cost
 //!
@@ -55,7 +69,8 @@
 //!
 //! # Layout
 //!
-//! - `lib.rs`: [`Agent`], the handle: a NATS client, the agent's id and the mesh's names.
+//! - `lib.rs`: [`Agent`], the handle: a NATS client, the agent's id and the mesh's names;
+//!   [`Agent::connect`] with the shared connection options.
 //! - `send.rs`: [`Agent::send`] and [`Agent::send_with`]: a JetStream publish with an intent id,
 //!   awaited until JetStream has stored it; [`SendReceipt`], [`SendOptions`], [`SendError`].
 //! - `inbox.rs`: [`Agent::serve`]: the queue subscription on the inbox; [`Inbox`] yields
@@ -81,11 +96,18 @@ mod send;
 
 pub use heartbeat::{Heartbeat, InvalidCost, MAX_INSTANCE_LEN, MIN_HEARTBEAT_INTERVAL};
 pub use inbox::{AckError, Delivery, Inbox, ServeError, ServeOptions, DEFAULT_DEDUPE_CAPACITY};
+pub use mesh_auth::connect::{ConnectError, NatsConnection, Secret};
 pub use mesh_schemas::{AgentId, ControlNotice, KillState, MeshNames};
 pub use notices::{ControlNotices, NoticeError, Rejection, Rejections};
 pub use send::{validate_action, InvalidAction, SendError, SendOptions, SendReceipt};
 
+use std::time::Duration;
+
+use mesh_auth::connect::agent_inbox_prefix;
 use mesh_schemas::{SubjectError, Subjects};
+
+/// How long [`Agent::connect`] gives each server to answer.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One agent on the mesh: its NATS connection, its id and the mesh's names.
 ///
@@ -115,6 +137,25 @@ impl Agent {
             names: MeshNames::default(),
             subjects: Subjects::default(),
         }
+    }
+
+    /// Connects agent `id` with `connection` and the inbox prefix `_INBOX_<id>` that its NATS
+    /// permissions allow, trying each listed server once ([`CONNECT_TIMEOUT`] each); once
+    /// connected, the client reconnects on its own. The agent has the default names; see
+    /// [`Agent::with_names`].
+    ///
+    /// Fails with [`ConnectError::Settings`] when a file is missing or the settings conflict,
+    /// [`ConnectError::Auth`] when the server refuses the credentials, [`ConnectError::Tls`],
+    /// [`ConnectError::Unreachable`] or [`ConnectError::Timeout`].
+    pub async fn connect(id: AgentId, connection: &NatsConnection) -> Result<Self, ConnectError> {
+        let client = connection
+            .connect(
+                format!("mesh-agent {id}"),
+                &agent_inbox_prefix(id.as_str()),
+                CONNECT_TIMEOUT,
+            )
+            .await?;
+        Ok(Agent::new(client, id))
     }
 
     /// The same agent on a mesh with other names (e.g. another subject prefix).

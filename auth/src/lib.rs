@@ -16,7 +16,12 @@
 //! - [`mintable`]: which agent ids may hold credentials.
 //! - [`push`]: sends an updated account JWT to the servers (revocation).
 //! - [`connect`]: connection options shared by the gateway, mesh-cli, mesh-agent and the
-//!   test harness (URL list, creds file, nkey seed, user/password, token, TLS, inbox prefix).
+//!   test harness (URL list, creds file, nkey seed, user/password, token, TLS, inbox prefix):
+//!   [`connect::NatsConnection`] as configured, [`connect::NatsConnection::prepare`] into
+//!   async-nats options, [`connect::Prepared::connect`] with a deadline.
+//!   - `connect/servers.rs`: the comma-separated URL list, split and checked; `redact`.
+//!   - `connect/files.rs`: creds, nkey seed and TLS files, read and parsed up front.
+//!   - `connect/secret.rs`: [`connect::Secret`], a password or token `Debug` never shows.
 //! - [`error`]: [`AuthError`], what can go wrong.
 
 #![forbid(unsafe_code)]

@@ -1,13 +1,23 @@
 //! Gateway configuration: compiled-in defaults, then a TOML file, then `MESH_*` environment
 //! variables, then flags. Parsed raw with unknown fields rejected, then validated, so that a typo
 //! is an error that names the field instead of a silently ignored setting.
+//!
+//! The NATS connection fields (`nats_url`, `nats_creds`, ..., `nats_tls_key`) are flat, so
+//! that `MESH_NATS_TOKEN` and friends work; they are the fields of
+//! [`mesh_auth::connect::NatsConnection`] with a `nats_` prefix, and [`NatsFlags`] are their
+//! flags, shared with mesh-cli.
+
+mod flags;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use mesh_auth::connect::{ConnectionError, NatsConnection, Secret};
 use mesh_schemas::{MeshNames, Subjects};
 use serde::{Deserialize, Serialize};
+
+pub use flags::NatsFlags;
 
 /// The commented default configuration, also what `mesh-gateway --print-config` shows.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../default-config.toml");
@@ -16,10 +26,24 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("../default-config.toml");
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct GatewayConfig {
-    /// NATS server URL(s), comma separated.
+    /// NATS server URL(s), comma separated; list every node of a cluster.
     pub nats_url: String,
-    /// Optional NATS credentials file.
-    pub nats_creds: Option<String>,
+    /// NATS credentials file (user JWT and nkey seed).
+    pub nats_creds: Option<PathBuf>,
+    /// File holding a user nkey seed (`SU...`), for servers that list nkey users.
+    pub nats_nkey: Option<PathBuf>,
+    /// NATS user, with `nats_password`.
+    pub nats_user: Option<String>,
+    /// Password of `nats_user`; never shown in logs or `Debug`.
+    pub nats_password: Option<Secret>,
+    /// NATS authentication token; never shown in logs or `Debug`.
+    pub nats_token: Option<Secret>,
+    /// PEM file of the CA that signed the server's certificate (turns TLS on).
+    pub nats_tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for servers that verify clients (turns TLS on).
+    pub nats_tls_cert: Option<PathBuf>,
+    /// PEM private key of `nats_tls_cert`.
+    pub nats_tls_key: Option<PathBuf>,
     /// This replica's id; defaults to `<host>-<pid>`. Must be unique among live replicas.
     pub gateway_id: Option<String>,
     /// Stream, bucket and subject names.
@@ -63,8 +87,15 @@ pub struct GatewayConfig {
 impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
-            nats_url: "nats://127.0.0.1:4222".to_string(),
+            nats_url: mesh_auth::connect::DEFAULT_URL.to_string(),
             nats_creds: None,
+            nats_nkey: None,
+            nats_user: None,
+            nats_password: None,
+            nats_token: None,
+            nats_tls_ca: None,
+            nats_tls_cert: None,
+            nats_tls_key: None,
             gateway_id: None,
             names: MeshNames::default(),
             replicas: 1,
@@ -93,6 +124,8 @@ pub enum ConfigError {
         field: &'static str,
         problem: String,
     },
+    #[error("invalid configuration: {0}")]
+    Connection(#[from] ConnectionError),
 }
 
 impl GatewayConfig {
@@ -130,9 +163,7 @@ impl GatewayConfig {
         };
         Subjects::new(self.names.prefix.clone())
             .map_err(|e| invalid("names.prefix", &e.to_string()))?;
-        if self.nats_url.trim().is_empty() {
-            return Err(invalid("nats_url", "is empty"));
-        }
+        self.connection().check()?;
         if !matches!(self.replicas, 1..=5) {
             return Err(invalid("replicas", "must be 1 to 5 (3 for a cluster)"));
         }
@@ -179,6 +210,34 @@ impl GatewayConfig {
                 .map_err(|e| invalid("gateway_id", &e.to_string()))?;
         }
         Ok(())
+    }
+
+    /// The NATS connection settings.
+    pub fn connection(&self) -> NatsConnection {
+        NatsConnection {
+            url: self.nats_url.clone(),
+            creds: self.nats_creds.clone(),
+            nkey: self.nats_nkey.clone(),
+            user: self.nats_user.clone(),
+            password: self.nats_password.clone(),
+            token: self.nats_token.clone(),
+            tls_ca: self.nats_tls_ca.clone(),
+            tls_cert: self.nats_tls_cert.clone(),
+            tls_key: self.nats_tls_key.clone(),
+        }
+    }
+
+    /// Replaces the NATS connection settings.
+    pub fn set_connection(&mut self, c: NatsConnection) {
+        self.nats_url = c.url;
+        self.nats_creds = c.creds;
+        self.nats_nkey = c.nkey;
+        self.nats_user = c.user;
+        self.nats_password = c.password;
+        self.nats_token = c.token;
+        self.nats_tls_ca = c.tls_ca;
+        self.nats_tls_cert = c.tls_cert;
+        self.nats_tls_key = c.tls_key;
     }
 
     /// This replica's id: the configured one, or `<host>-<pid>`.
@@ -254,6 +313,78 @@ mod tests {
         assert_eq!(cfg.nats_url, "nats://10.0.0.1:4222");
         assert_eq!(cfg.request_timeout, Duration::from_secs(2));
         assert_eq!(cfg.names.prefix, "team");
+    }
+
+    #[test]
+    fn connection_settings_come_from_the_environment() {
+        let cfg = GatewayConfig::load(
+            None,
+            env(&[
+                ("MESH_NATS_URL", "tls://a:4222, tls://b:4222"),
+                ("MESH_NATS_TOKEN", "12345"),
+                ("MESH_NATS_TLS_CA", "/etc/mesh/ca.pem"),
+                ("MESH_NATS_TLS_CERT", "/etc/mesh/gw.pem"),
+                ("MESH_NATS_TLS_KEY", "/etc/mesh/gw-key.pem"),
+            ]),
+        )
+        .expect("loads");
+        let c = cfg.connection();
+        assert_eq!(c.url, "tls://a:4222, tls://b:4222");
+        assert_eq!(c.token, Some(Secret::new("12345")));
+        assert_eq!(c.tls_ca, Some(PathBuf::from("/etc/mesh/ca.pem")));
+        assert_eq!(c.tls_cert, Some(PathBuf::from("/etc/mesh/gw.pem")));
+        assert_eq!(c.tls_key, Some(PathBuf::from("/etc/mesh/gw-key.pem")));
+        assert!(
+            !format!("{cfg:?}").contains("12345"),
+            "Debug shows the token"
+        );
+
+        let cfg = GatewayConfig::load(
+            None,
+            env(&[
+                ("MESH_NATS_USER", "gw"),
+                ("MESH_NATS_PASSWORD", "pw"),
+                ("MESH_NATS_NKEY", "/etc/mesh/gw.nk"),
+            ]),
+        )
+        .expect_err("two ways to authenticate");
+        assert!(
+            matches!(
+                cfg,
+                ConfigError::Connection(ConnectionError::Conflict { .. })
+            ),
+            "{cfg:?}"
+        );
+
+        let mut cfg = GatewayConfig::default();
+        let mut c = cfg.connection();
+        c.creds = Some("/etc/mesh/gw.creds".into());
+        cfg.set_connection(c.clone());
+        assert_eq!(cfg.nats_creds, Some(PathBuf::from("/etc/mesh/gw.creds")));
+        assert_eq!(cfg.connection(), c);
+    }
+
+    #[test]
+    fn a_comma_separated_url_list_is_valid() {
+        let cfg = GatewayConfig::load(
+            None,
+            env(&[("MESH_NATS_URL", "nats://a:4222,nats://a:4222")]),
+        )
+        .expect("a list loads");
+        assert_eq!(cfg.connection().check().expect("checks").len(), 2);
+        let err = GatewayConfig::load(None, env(&[("MESH_NATS_URL", "nats://a:x,nats://b:1")]))
+            .expect_err("bad port");
+        assert!(
+            matches!(err, ConfigError::Connection(ConnectionError::BadUrl { .. })),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn the_deploy_example_loads_with_its_three_urls() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/gateway/gateway.toml");
+        let cfg = GatewayConfig::load(Some(&file), HashMap::new()).expect("loads");
+        assert_eq!(cfg.connection().check().expect("a list").len(), 3);
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use mesh_auth::connect::GATEWAY_INBOX_PREFIX;
+use mesh_gateway::config::NatsFlags;
 use mesh_gateway::GatewayConfig;
 
 /// The Agent Mesh gateway: delivers intents only while kill flags and policies allow.
@@ -15,9 +17,9 @@ struct Args {
     /// TOML configuration file (see --print-config for every field and its default).
     #[arg(long, env = "MESH_CONFIG")]
     config: Option<PathBuf>,
-    /// NATS server URL(s), comma separated; overrides the file and MESH_NATS_URL.
-    #[arg(long)]
-    nats_url: Option<String>,
+    /// NATS connection: each flag overrides the file and the MESH_NATS_* variable.
+    #[command(flatten)]
+    nats: NatsFlags,
     /// This replica's id (unique among live replicas); defaults to <host>-<pid>.
     #[arg(long)]
     gateway_id: Option<String>,
@@ -41,9 +43,9 @@ fn main() -> anyhow::Result<()> {
     init_tracing(&args.log_format);
     let env: HashMap<String, String> = std::env::vars().collect();
     let mut cfg = GatewayConfig::load(args.config.as_deref(), env)?;
-    if let Some(url) = args.nats_url {
-        cfg.nats_url = url;
-    }
+    let mut connection = cfg.connection();
+    args.nats.apply(&mut connection);
+    cfg.set_connection(connection);
     if args.gateway_id.is_some() {
         cfg.gateway_id = args.gateway_id;
     }
@@ -57,22 +59,20 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let mut opts = async_nats::ConnectOptions::new()
-            .name(format!("mesh-gateway {}", cfg.gateway_id()))
-            // Outside every agent's `_INBOX_<id>`: no agent may read the gateway's replies.
-            .custom_inbox_prefix(mesh_auth::permissions::GATEWAY_INBOX)
+        let prepared = cfg.connection().prepare(
+            format!("mesh-gateway {}", cfg.gateway_id()),
+            GATEWAY_INBOX_PREFIX,
+        )?;
+        let url = prepared.shown_url;
+        // Retries until a server answers and reconnects for ever: a gateway outlives NATS
+        // restarts and failovers.
+        let client = prepared
+            .options
             .retry_on_initial_connect()
-            .max_reconnects(None);
-        if let Some(creds) = &cfg.nats_creds {
-            opts = opts
-                .credentials_file(creds)
-                .await
-                .with_context(|| format!("cannot read NATS credentials {creds}"))?;
-        }
-        let client = opts
-            .connect(cfg.nats_url.as_str())
+            .max_reconnects(None)
+            .connect(prepared.servers)
             .await
-            .with_context(|| format!("cannot connect to NATS at {}", cfg.nats_url))?;
+            .with_context(|| format!("cannot connect to NATS at {url}"))?;
         mesh_gateway::run(client, cfg, shutdown_signal()).await?;
         Ok(())
     })

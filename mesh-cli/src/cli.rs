@@ -4,14 +4,16 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use mesh_gateway::config::NatsFlags;
 
 use crate::cmd;
 
 /// Shown after `--help`.
 const AFTER_HELP: &str = "\
 Connection and names come from, in order: defaults, --config FILE (or MESH_CONFIG), MESH_*
-environment variables (MESH_NATS_URL, MESH_NATS_CREDS, MESH_FENCE_TIMEOUT, MESH_NAMES__PREFIX,
-...), then flags. MESH_JSON=1 is --json; MESH_LOG (or RUST_LOG) sets the log filter.
+environment variables (MESH_NATS_URL, MESH_NATS_CREDS, MESH_NATS_TOKEN, MESH_NATS_TLS_CA,
+MESH_FENCE_TIMEOUT, MESH_NAMES__PREFIX, ...), then flags. --nats-url takes a comma-separated
+list of servers. MESH_JSON=1 is --json; MESH_LOG (or RUST_LOG) sets the log filter.
 
 Exit codes: 0 ok, 1 failure, 2 bad usage, configuration or policy value, 3 kill, resume or
 policy change written but not confirmed by every live gateway replica in time, 130 interrupted
@@ -33,12 +35,9 @@ pub struct Global {
     /// Configuration file (TOML); also MESH_CONFIG.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// NATS server URL(s), comma separated; also MESH_NATS_URL.
-    #[arg(long, global = true, value_name = "URL")]
-    pub nats_url: Option<String>,
-    /// NATS credentials file; also MESH_NATS_CREDS.
-    #[arg(long, global = true, value_name = "FILE")]
-    pub creds: Option<String>,
+    /// NATS connection: URL list, creds, nkey, user and password, token, TLS.
+    #[command(flatten)]
+    pub nats: NatsFlags,
     /// Print JSON for scripts instead of text for people; also MESH_JSON=1.
     #[arg(long, global = true)]
     pub json: bool,
@@ -124,7 +123,7 @@ mod tests {
         ])
         .expect("parses");
         assert!(cli.global.json);
-        assert_eq!(cli.global.nats_url.as_deref(), Some("nats://x:1"));
+        assert_eq!(cli.global.nats.nats_url.as_deref(), Some("nats://x:1"));
         assert_eq!(cli.command.name(), "kill");
     }
 

@@ -9,9 +9,11 @@
 //! variable is refused.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use mesh_auth::connect::{ConnectionError, NatsConnection, Secret};
+use mesh_gateway::config::NatsFlags;
 use mesh_gateway::GatewayConfig;
 use mesh_schemas::{MeshNames, Subjects};
 use serde::{Deserialize, Serialize};
@@ -33,6 +35,13 @@ const CLI_FIELDS: &[&str] = &[
     "nats_url",
     "nats_creds",
     "auth_dir",
+    "nats_nkey",
+    "nats_user",
+    "nats_password",
+    "nats_token",
+    "nats_tls_ca",
+    "nats_tls_cert",
+    "nats_tls_key",
     "names",
     "replicas",
     "fence_timeout",
@@ -44,11 +53,25 @@ const CLI_FIELDS: &[&str] = &[
 pub struct CliConfig {
     /// NATS server URL(s), comma separated.
     pub nats_url: String,
-    /// Optional NATS credentials file.
-    pub nats_creds: Option<String>,
+    /// NATS credentials file (user JWT and nkey seed).
+    pub nats_creds: Option<PathBuf>,
+    /// File holding a user nkey seed (`SU...`).
+    pub nats_nkey: Option<PathBuf>,
+    /// NATS user, with `nats_password`.
+    pub nats_user: Option<String>,
+    /// Password of `nats_user`; never shown in `Debug`.
+    pub nats_password: Option<Secret>,
+    /// NATS authentication token; never shown in `Debug`.
+    pub nats_token: Option<Secret>,
+    /// PEM file of the CA of the server's certificate (turns TLS on).
+    pub nats_tls_ca: Option<PathBuf>,
+    /// PEM client certificate (turns TLS on).
+    pub nats_tls_cert: Option<PathBuf>,
+    /// PEM private key of `nats_tls_cert`.
+    pub nats_tls_key: Option<PathBuf>,
     /// The auth directory (keys and issued credentials) for `agent add|revoke|list` and
     /// `kill --revoke`; `mesh-cli up` prints it, `mesh-cli auth init` creates one.
-    pub auth_dir: Option<std::path::PathBuf>,
+    pub auth_dir: Option<PathBuf>,
     /// Stream, bucket and subject names; must match the gateways'.
     pub names: MeshNames,
     /// Replicas of the streams and buckets mesh-cli creates when it runs before any gateway;
@@ -62,9 +85,16 @@ pub struct CliConfig {
 impl Default for CliConfig {
     fn default() -> Self {
         CliConfig {
-            nats_url: "nats://127.0.0.1:4222".to_string(),
+            nats_url: mesh_auth::connect::DEFAULT_URL.to_string(),
             nats_creds: None,
             auth_dir: None,
+            nats_nkey: None,
+            nats_user: None,
+            nats_password: None,
+            nats_token: None,
+            nats_tls_ca: None,
+            nats_tls_cert: None,
+            nats_tls_key: None,
             names: MeshNames::default(),
             replicas: 1,
             fence_timeout: Duration::from_secs(15),
@@ -75,8 +105,8 @@ impl Default for CliConfig {
 /// Values given as flags: the last layer.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Overrides {
-    pub nats_url: Option<String>,
-    pub nats_creds: Option<String>,
+    /// `--nats-url`, `--nats-creds`, ... `--nats-tls-key`.
+    pub nats: NatsFlags,
     pub fence_timeout: Option<Duration>,
 }
 
@@ -90,6 +120,8 @@ pub enum ConfigError {
         field: &'static str,
         problem: String,
     },
+    #[error("invalid configuration: {0}")]
+    Connection(#[from] ConnectionError),
 }
 
 impl CliConfig {
@@ -114,12 +146,9 @@ impl CliConfig {
                 .source(Some(config_env(env))),
         );
         let mut cfg: CliConfig = builder.build()?.try_deserialize()?;
-        if let Some(url) = &flags.nats_url {
-            cfg.nats_url = url.clone();
-        }
-        if let Some(creds) = &flags.nats_creds {
-            cfg.nats_creds = Some(creds.clone());
-        }
+        let mut connection = cfg.connection();
+        flags.nats.apply(&mut connection);
+        cfg.set_connection(connection);
         if let Some(timeout) = flags.fence_timeout {
             cfg.fence_timeout = timeout;
         }
@@ -135,9 +164,7 @@ impl CliConfig {
         };
         Subjects::new(self.names.prefix.clone())
             .map_err(|e| invalid("names.prefix", &e.to_string()))?;
-        if self.nats_url.trim().is_empty() {
-            return Err(invalid("nats_url", "is empty"));
-        }
+        self.connection().check()?;
         if !matches!(self.replicas, 1..=5) {
             return Err(invalid("replicas", "must be 1 to 5 (3 for a cluster)"));
         }
@@ -152,17 +179,51 @@ impl CliConfig {
         self.names.subjects().unwrap_or_default()
     }
 
-    /// The gateway configuration the shared setup code needs: these names, URL and replicas,
-    /// the gateway's defaults for the rest (consumer settings of `in_<id>` when mesh-cli
-    /// creates one before any gateway has).
+    /// The gateway configuration the shared setup code needs: these names, connection and
+    /// replicas, the gateway's defaults for the rest (consumer settings of `in_<id>` when
+    /// mesh-cli creates one before any gateway has).
     pub fn gateway_config(&self) -> GatewayConfig {
-        GatewayConfig {
-            nats_url: self.nats_url.clone(),
-            nats_creds: self.nats_creds.clone(),
+        let mut gw = GatewayConfig {
             names: self.names.clone(),
             replicas: self.replicas,
             ..GatewayConfig::default()
+        };
+        gw.set_connection(self.connection());
+        gw
+    }
+
+    /// The NATS connection settings.
+    pub fn connection(&self) -> NatsConnection {
+        NatsConnection {
+            url: self.nats_url.clone(),
+            creds: self.nats_creds.clone(),
+            nkey: self.nats_nkey.clone(),
+            user: self.nats_user.clone(),
+            password: self.nats_password.clone(),
+            token: self.nats_token.clone(),
+            tls_ca: self.nats_tls_ca.clone(),
+            tls_cert: self.nats_tls_cert.clone(),
+            tls_key: self.nats_tls_key.clone(),
         }
+    }
+
+    /// Replaces the NATS connection settings (a local mesh's URL and no credentials, say).
+    pub fn set_connection(&mut self, c: NatsConnection) {
+        self.nats_url = c.url;
+        self.nats_creds = c.creds;
+        self.nats_nkey = c.nkey;
+        self.nats_user = c.user;
+        self.nats_password = c.password;
+        self.nats_token = c.token;
+        self.nats_tls_ca = c.tls_ca;
+        self.nats_tls_cert = c.tls_cert;
+        self.nats_tls_key = c.tls_key;
+    }
+
+    /// This configuration with `c` as its NATS connection.
+    pub fn with_connection(mut self, c: NatsConnection) -> Self {
+        self.set_connection(c);
+        self
     }
 }
 
@@ -230,9 +291,11 @@ mod tests {
         assert_eq!(cfg.names.prefix, "team");
         assert_eq!(cfg.fence_timeout, Duration::from_secs(7));
         let flags = Overrides {
-            nats_url: Some("nats://flag:4222".into()),
+            nats: NatsFlags {
+                nats_url: Some("nats://flag:4222".into()),
+                ..NatsFlags::default()
+            },
             fence_timeout: Some(Duration::from_millis(250)),
-            ..Overrides::default()
         };
         let cfg = CliConfig::load(Some(&file), &e, &flags).expect("loads");
         assert_eq!(cfg.nats_url, "nats://flag:4222");
@@ -297,13 +360,68 @@ mod tests {
     }
 
     #[test]
-    fn gateway_config_carries_names_and_replicas() {
+    fn gateway_config_carries_names_replicas_and_connection() {
         let cfg = CliConfig {
             replicas: 3,
+            nats_url: "tls://a:1,tls://b:2".into(),
+            nats_token: Some(Secret::new("t")),
+            nats_tls_ca: Some("/ca.pem".into()),
             ..CliConfig::default()
         };
         let gw = cfg.gateway_config();
         assert_eq!(gw.replicas, 3);
         assert_eq!(gw.names, cfg.names);
+        assert_eq!(gw.connection(), cfg.connection());
+        assert_eq!(gw.nats_token, Some(Secret::new("t")));
+    }
+
+    #[test]
+    fn connection_settings_layer_like_the_rest() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("cli.toml");
+        std::fs::write(
+            &file,
+            "nats_url = \"nats://a:1,nats://b:2\"\nnats_tls_ca = \"/file-ca.pem\"\n",
+        )
+        .expect("write");
+        let e = env(&[
+            ("MESH_NATS_TOKEN", "from-env"),
+            ("MESH_NATS_TLS_CA", "/env-ca.pem"),
+            ("MESH_NATS_TLS_CERT", "/env-cert.pem"),
+            ("MESH_NATS_TLS_KEY", "/env-key.pem"),
+        ]);
+        let cfg = CliConfig::load(Some(&file), &e, &Overrides::default()).expect("loads");
+        assert_eq!(cfg.nats_url, "nats://a:1,nats://b:2");
+        assert_eq!(cfg.nats_token, Some(Secret::new("from-env")));
+        assert_eq!(cfg.nats_tls_ca, Some(PathBuf::from("/env-ca.pem")));
+        assert_eq!(cfg.nats_tls_key, Some(PathBuf::from("/env-key.pem")));
+        assert!(
+            !format!("{cfg:?}").contains("from-env"),
+            "Debug shows the token"
+        );
+
+        let flags = Overrides {
+            nats: NatsFlags {
+                nats_token: Some("from-flag".into()),
+                nats_tls_ca: Some("/flag-ca.pem".into()),
+                ..NatsFlags::default()
+            },
+            ..Overrides::default()
+        };
+        let cfg = CliConfig::load(Some(&file), &e, &flags).expect("loads");
+        assert_eq!(cfg.nats_token, Some(Secret::new("from-flag")));
+        assert_eq!(cfg.nats_tls_ca, Some(PathBuf::from("/flag-ca.pem")));
+
+        // Two ways to authenticate: refused, naming both.
+        let e = env(&[("MESH_NATS_TOKEN", "t"), ("MESH_NATS_NKEY", "/u.nk")]);
+        let err = CliConfig::load(None, &e, &Overrides::default()).expect_err("conflict");
+        assert!(
+            matches!(
+                err,
+                ConfigError::Connection(ConnectionError::Conflict { .. })
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("MESH_NATS_TOKEN"), "{err}");
     }
 }

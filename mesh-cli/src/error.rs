@@ -117,7 +117,8 @@ impl CliError {
             CliError::Usage(_)
             | CliError::Config(_)
             | CliError::InvalidPolicy { .. }
-            | CliError::Auth(mesh_auth::AuthError::BadId(_)) => exit::USAGE,
+            | CliError::Auth(mesh_auth::AuthError::BadId(_))
+            | CliError::Connect(ConnectError::Settings(_)) => exit::USAGE,
             CliError::Unconfirmed { .. } | CliError::PolicyUnconfirmed { .. } => exit::UNCONFIRMED,
             CliError::Interrupted(_) => exit::INTERRUPTED,
             _ if self.is_broken_pipe() => exit::OK,

@@ -91,8 +91,7 @@ pub async fn run(
             .map(PathBuf::from)
     });
     let overrides = Overrides {
-        nats_url: global.nats_url,
-        nats_creds: global.creds,
+        nats: global.nats,
         fence_timeout: command.fence_timeout(),
     };
     let cfg = CliConfig::load(file.as_deref(), &env, &overrides)?;

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod bypass;
+mod connect;
 mod crash;
 mod delivery;
 mod health;

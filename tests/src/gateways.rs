@@ -58,7 +58,7 @@ impl GatewayTask {
         tweak: impl FnOnce(&mut GatewayConfig),
     ) -> Self {
         let mut cfg = test_config(&mesh.url(), id);
-        cfg.nats_creds = mesh.gateway_creds().map(|p| p.display().to_string());
+        cfg.nats_creds = mesh.gateway_creds();
         tweak(&mut cfg);
         let client = mesh.gateway_client().await;
         Self::run(client, cfg, id)

@@ -221,7 +221,7 @@ pub async fn revoke(
 ) -> Result<Revoked, CliError> {
     let (revoked, account) = dir.revoke_agent(agent)?;
     let system_cfg = CliConfig {
-        nats_creds: Some(dir.system_creds().display().to_string()),
+        nats_creds: Some(dir.system_creds()),
         ..cfg.clone()
     };
     let system = crate::connect::connect(&system_cfg).await?;

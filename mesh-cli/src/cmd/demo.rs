@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use mesh_agent::Agent;
 use mesh_schemas::{AgentId, KillState};
 
-use crate::config::CliConfig;
 use crate::error::CliError;
 use crate::events::{self, Filter};
 use crate::local::{self, Proc};
@@ -124,14 +123,18 @@ pub async fn run(args: Args, ctx: &mut Ctx) -> Result<(), CliError> {
     let conf = secured.as_ref().map(|s| s.conf.as_path());
     let (nats, url) = local::start_nats(&nats_bin, dir, None, conf).await?;
     let auth = secured.map(|s| s.auth);
-    let cfg = CliConfig {
-        nats_url: url.clone(),
-        nats_creds: auth
-            .as_ref()
-            .map(|a| a.operator_creds().display().to_string()),
-        ..ctx.cfg.clone()
+    // The local server, with its own credentials, none of the configured ones (they are for
+    // another server).
+    let as_role = |creds: Option<std::path::PathBuf>| {
+        ctx.cfg
+            .clone()
+            .with_connection(mesh_auth::connect::NatsConnection {
+                creds,
+                ..mesh_auth::connect::NatsConnection::new(&url)
+            })
     };
-    let gateway_creds = auth.as_ref().map(mesh_auth::AuthDir::gateway_creds);
+    let cfg = as_role(auth.as_ref().map(mesh_auth::AuthDir::operator_creds));
+    let gateway_cfg = as_role(auth.as_ref().map(mesh_auth::AuthDir::gateway_creds));
     let mut gateways = Vec::new();
     for n in 1..=2 {
         let gdir = dir.join(format!("gw{n}"));
@@ -139,15 +142,9 @@ pub async fn run(args: Args, ctx: &mut Ctx) -> Result<(), CliError> {
             what: format!("create {}", gdir.display()),
             source,
         })?;
-        let mut cmd_cfg = cfg.clone();
+        let mut cmd_cfg = gateway_cfg.clone();
         cmd_cfg.names = ctx.cfg.names.clone();
-        gateways.push(super::up::start_gateway(
-            &gateway_bin,
-            &url,
-            &cmd_cfg,
-            &gdir,
-            gateway_creds.as_deref(),
-        )?);
+        gateways.push(super::up::start_gateway(&gateway_bin, &cmd_cfg, &gdir)?);
     }
     let mesh = Mesh::open(cfg).await?;
     wait_replicas(&mesh, 2).await?;

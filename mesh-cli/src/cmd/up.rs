@@ -11,6 +11,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use mesh_auth::connect::{Field, NatsConnection};
 use serde::Serialize;
 use tokio::process::Command;
 use tokio::time::Instant;
@@ -133,12 +134,21 @@ pub async fn run(args: Args, ctx: &mut Ctx) -> Result<(), CliError> {
     };
     let conf = secured.as_ref().map(|s| s.conf.as_path());
     let (mut nats, url) = local::start_nats(&nats_bin, &dir, args.port, conf).await?;
-    let gateway_creds = secured.as_ref().map(|s| s.auth.gateway_creds());
+    // The local server, with its own credentials, none of the configured ones (they are for
+    // another server).
+    let as_role = |creds: Option<std::path::PathBuf>| {
+        ctx.cfg.clone().with_connection(NatsConnection {
+            creds,
+            ..NatsConnection::new(&url)
+        })
+    };
+    let gateway_cfg = as_role(secured.as_ref().map(|s| s.auth.gateway_creds()));
     let operator_creds = secured.as_ref().map(|s| s.auth.operator_creds());
+    let operator_cfg = as_role(operator_creds.clone());
     let mut gateway = match &gateway_bin {
         Some(bin) => {
-            let mut proc = start_gateway(bin, &url, &ctx.cfg, &dir, gateway_creds.as_deref())?;
-            wait_for_gateway(&mut proc, &url, &ctx.cfg, operator_creds.as_deref()).await?;
+            let mut proc = start_gateway(bin, &gateway_cfg, &dir)?;
+            wait_for_gateway(&mut proc, &operator_cfg).await?;
             Some(proc)
         }
         None => None,
@@ -208,28 +218,26 @@ async fn wait_opt(proc: &mut Option<Proc>) -> std::io::Result<std::process::Exit
     }
 }
 
-/// Starts mesh-gateway against `url` with the configured names and, in a secured mesh, the
-/// gateways' credentials, logging to `<dir>/mesh-gateway.log`. Variables meant for mesh-cli
-/// are not passed on.
+/// Starts mesh-gateway with `cfg`'s NATS connection and names, logging to
+/// `<dir>/mesh-gateway.log`. Variables meant for mesh-cli are not passed on; the connection
+/// goes as `MESH_NATS_*` variables (replacing any inherited ones), so that no password or token
+/// shows on the command line.
 pub(crate) fn start_gateway(
     bin: &std::path::Path,
-    url: &str,
     cfg: &CliConfig,
     dir: &std::path::Path,
-    creds: Option<&std::path::Path>,
 ) -> Result<Proc, LocalError> {
     let mut cmd = Command::new(bin);
-    cmd.arg("--nats-url").arg(url);
-    for var in
-        NON_CONFIG_ENV
-            .iter()
-            .chain(&["MESH_FENCE_TIMEOUT", "MESH_NATS_CREDS", "MESH_AUTH_DIR"])
+    for var in NON_CONFIG_ENV
+        .iter()
+        .chain(&["MESH_FENCE_TIMEOUT", "MESH_AUTH_DIR"])
     {
         cmd.env_remove(var);
     }
-    if let Some(creds) = creds {
-        cmd.env("MESH_NATS_CREDS", creds);
+    for field in Field::ALL {
+        cmd.env_remove(field.env());
     }
+    cmd.envs(cfg.connection().env_vars());
     let n = &cfg.names;
     cmd.env("MESH_REPLICAS", "1")
         .env("MESH_NAMES__PREFIX", &n.prefix)
@@ -245,18 +253,8 @@ pub(crate) fn start_gateway(
 
 /// Waits until the gateway has a live presence record. A gateway that runs but has not
 /// announced itself in time gets a warning, not an error.
-pub(crate) async fn wait_for_gateway(
-    proc: &mut Proc,
-    url: &str,
-    cfg: &CliConfig,
-    operator_creds: Option<&std::path::Path>,
-) -> Result<(), CliError> {
-    let cfg = CliConfig {
-        nats_url: url.to_string(),
-        nats_creds: operator_creds.map(|p| p.display().to_string()),
-        ..cfg.clone()
-    };
-    let mesh = crate::mesh::Mesh::open(cfg).await?;
+pub(crate) async fn wait_for_gateway(proc: &mut Proc, cfg: &CliConfig) -> Result<(), CliError> {
+    let mesh = crate::mesh::Mesh::open(cfg.clone()).await?;
     let deadline = Instant::now() + GATEWAY_READY_TIMEOUT;
     while Instant::now() < deadline {
         if let Some(status) = proc.exited() {

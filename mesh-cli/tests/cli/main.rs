@@ -3,6 +3,7 @@
 //! gateway replicas played by the test (or run in the test's process) where one is needed.
 
 mod agent;
+mod connection;
 mod policy;
 mod switch;
 mod up;

@@ -86,7 +86,15 @@ async fn up_insecure_without_a_gateway_runs_an_open_server_until_interrupted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_runs_a_gateway_that_confirms_kills() {
     build_gateway();
-    let (child, running) = start_up(&[]).await;
+    // Connection settings meant for another server reach neither the local gateway nor up's
+    // own wait for it: a CA file that does not exist would stop both.
+    let (child, running) = start_up(&[
+        "--nats-token",
+        "meant-for-another-server",
+        "--nats-tls-ca",
+        "/nonexistent/ca.pem",
+    ])
+    .await;
     let url = running["nats_url"].as_str().expect("url").to_string();
     assert!(running["gateway_pid"].is_u64(), "{running}");
     assert_eq!(running["secured"], true);

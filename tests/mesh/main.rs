@@ -2,6 +2,7 @@
 //! One test binary, so that the server binary and the gateway binary are found once.
 
 mod bad_input;
+mod cluster;
 mod crash;
 mod delivery;
 mod health;

@@ -53,11 +53,15 @@ async fn watch_once(shared: &Arc<Shared>) -> Result<(), String> {
     let connects = connects(&shared.client);
     // Read before the watch starts: once the replay is over, the watch has seen everything up
     // to here (a revision removed meanwhile is not replayed, but nothing is missed either).
-    let status = kv
-        .status()
+    // Fresh from the server: `kv.status()` only returns the stream info cached when the bucket
+    // was opened, which would make a bucket that was empty then look empty for ever.
+    let state = kv
+        .stream
+        .get_info()
         .await
-        .map_err(|e| format!("cannot read {bucket}: {e}"))?;
-    let before = status.info.state.last_sequence;
+        .map_err(|e| format!("cannot read {bucket}: {e}"))?
+        .state;
+    let before = state.last_sequence;
     let mut watch = kv
         .watch_with_history(">")
         .await
@@ -66,7 +70,7 @@ async fn watch_once(shared: &Arc<Shared>) -> Result<(), String> {
     let mut live = Liveness::new(shared.cfg.presence_interval);
     let mut replaying = true;
     // An empty bucket replays nothing, so nothing would tell us the replay is over.
-    if status.values() == 0 {
+    if state.messages == 0 {
         live.replayed(before);
         finish_replay(shared, &seen);
         replaying = false;
@@ -124,8 +128,8 @@ async fn last_revision(
     kv: &async_nats::jetstream::kv::Store,
     limit: Duration,
 ) -> Result<u64, String> {
-    match tokio::time::timeout(limit, kv.status()).await {
-        Ok(Ok(status)) => Ok(status.info.state.last_sequence),
+    match tokio::time::timeout(limit, kv.stream.get_info()).await {
+        Ok(Ok(info)) => Ok(info.state.last_sequence),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {limit:?}")),
     }
@@ -150,6 +154,8 @@ struct Liveness {
     proven: Option<Instant>,
     /// How long a proof holds.
     lease: Duration,
+    /// The last check could not read the bucket (logged once per run of failures).
+    unreadable: bool,
 }
 
 /// The outcome of one check.
@@ -169,6 +175,7 @@ impl Liveness {
             target: None,
             proven: None,
             lease: interval * 3,
+            unreadable: false,
         }
     }
 
@@ -190,20 +197,29 @@ impl Liveness {
                 self.proven = Some(self.proven.map_or(asked, |p| p.max(asked)));
             } else {
                 stalled = Some(format!(
-                    "watch stalled: it has delivered up to revision {} but the bucket was at {}                      a check ago",
+                    "watch stalled: it has delivered up to revision {} but the bucket was at {} \
+                     a check ago",
                     self.seen, target
                 ));
             }
         }
         match last {
             Ok(last) if last <= self.seen => {
+                self.unreadable = false;
                 self.proven = Some(now);
                 self.target = None;
             }
-            Ok(last) => self.target = Some((last, now)),
+            Ok(last) => {
+                self.unreadable = false;
+                self.target = Some((last, now));
+            }
             Err(e) => {
-                tracing::warn!(error = %e, seen = self.seen,
-                    "cannot read the kill-flag bucket to check the watch; delivering nothing until it can");
+                if !self.unreadable {
+                    tracing::warn!(error = %e, seen = self.seen,
+                        "cannot read the kill-flag bucket to check the watch; delivering nothing \
+                         once the last check is older than the lease");
+                }
+                self.unreadable = true;
                 self.target = None;
             }
         }

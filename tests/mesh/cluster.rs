@@ -118,6 +118,71 @@ async fn confirmed_by(
     confirmed.unwrap_or(false)
 }
 
+/// What a replica did around a kill: whether it confirmed within the fence time, and the
+/// deliveries to the killed agent at points after the write.
+struct KillSeen {
+    confirmed: bool,
+    /// 1.5 s after the write: a replica whose watch froze has failed closed by then (its
+    /// checks run every 250 ms and judge within two).
+    settled: usize,
+    /// When the fence wait ended (confirmation or `timeout`).
+    at_return: usize,
+    /// 2 s after that.
+    after: usize,
+}
+
+/// Waits for `gateway`'s confirmation of `revision` (up to `timeout`, at least 1.5 s) and
+/// records the deliveries to `rec` meanwhile and for 2 s after.
+async fn observe_kill(
+    acks: &mut async_nats::Subscriber,
+    gateway: &str,
+    revision: u64,
+    timeout: Duration,
+    rec: &Recorder,
+) -> KillSeen {
+    let written = tokio::time::Instant::now();
+    let confirm = confirmed_by(acks, gateway, revision, timeout);
+    let settle = async {
+        tokio::time::sleep_until(written + Duration::from_millis(1500)).await;
+        rec.len()
+    };
+    let (confirmed, settled) = tokio::join!(confirm, settle);
+    let at_return = rec.len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let seen = KillSeen {
+        confirmed,
+        settled,
+        at_return,
+        after: rec.len(),
+    };
+    tracing::info!(
+        confirmed,
+        settled,
+        at_return,
+        after = seen.after,
+        "kill observed"
+    );
+    seen
+}
+
+impl KillSeen {
+    /// The replica applied the kill, or stopped delivering; and nothing reached the agent
+    /// after the kill returned.
+    fn assert_safe(&self) {
+        assert!(
+            self.confirmed || self.at_return == self.settled,
+            "the replica neither confirmed the kill nor stopped delivering: {} deliveries \
+             to the killed agent in the last part of the fence",
+            self.at_return - self.settled
+        );
+        assert_eq!(
+            self.after, self.at_return,
+            "deliveries to the killed agent after the kill returned (confirmed: {})",
+            self.confirmed
+        );
+    }
+}
+
 /// Issue 13, point 1: the gateway's node, which also leads `mesh-kill`, is SIGKILLed along with
 /// a second node; when the cluster has a quorum again, a kill is written. The replica either
 /// applies it (confirms) or delivers nothing: never goes on delivering to the killed agent.
@@ -168,24 +233,9 @@ async fn a_replica_that_loses_its_node_and_the_kill_bucket_leader_never_delivers
     tokio::task::block_in_place(|| cluster.node(other).restart());
 
     let (revision, mut acks) = write_kill(&client, "victim").await;
-    let at_write = victim.len();
-    let t = std::time::Instant::now();
-    let confirmed = confirmed_by(&mut acks, "gw1", revision, Duration::from_secs(5)).await;
-    let at_return = victim.len();
-    tracing::warn!(confirmed, took = ?t.elapsed(), at_write, at_return, "kill returned");
-    // Whatever the replica does next, it must not deliver to the killed agent.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = victim.len();
+    let seen = observe_kill(&mut acks, "gw1", revision, Duration::from_secs(5), &victim).await;
     stop.store(true, Ordering::SeqCst);
-    assert!(
-        confirmed || at_return == at_write,
-        "gw1 neither confirmed the kill nor stopped: {} deliveries while the kill waited",
-        at_return - at_write
-    );
-    assert_eq!(
-        after, at_return,
-        "deliveries to victim after the kill returned (confirmed: {confirmed})"
-    );
+    seen.assert_safe();
     let _ = sender.await;
     drop(gw);
 }
@@ -276,22 +326,64 @@ async fn a_replica_whose_watch_consumer_is_lost_never_delivers_past_a_kill() {
 
     tokio::task::block_in_place(|| cluster.node(host).kill());
     let (revision, mut acks) = write_kill(&client, "victim").await;
-    let at_write = victim.len();
-    let confirmed = confirmed_by(&mut acks, "gw1", revision, Duration::from_secs(3)).await;
-    let at_return = victim.len();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = victim.len();
+    let seen = observe_kill(&mut acks, "gw1", revision, Duration::from_secs(3), &victim).await;
     stop.store(true, Ordering::SeqCst);
-    tracing::warn!(confirmed, at_write, at_return, after, "kill returned");
-    assert!(
-        confirmed || at_return == at_write,
-        "gw1 neither confirmed the kill nor stopped: {} deliveries while the kill waited",
-        at_return - at_write
-    );
-    assert_eq!(
-        after, at_return,
-        "deliveries to victim after the kill returned"
-    );
+    seen.assert_safe();
     let _ = sender.await;
     drop(gw);
+}
+
+/// Sets the largest message `KV_<bucket>` accepts: 1 byte makes every write fail, as when the
+/// bucket cannot be written during an election, without touching anything else.
+async fn set_max_msg_size(js: &jetstream::Context, bucket: &str, size: i32) {
+    let mut stream = js
+        .get_stream(format!("KV_{bucket}"))
+        .await
+        .expect("bucket stream");
+    let mut config = stream.info().await.expect("stream info").config.clone();
+    config.max_message_size = size;
+    js.update_stream(config).await.expect("update stream");
+}
+
+/// Issue 13, point 2: a replica that cannot refresh its presence is no longer waited for by a
+/// kill, so it must stop delivering before its record lapses, and deliver again once it is
+/// listed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_presence_lapses_delivers_nothing() {
+    init_tracing();
+    let cluster = Cluster::start(3);
+    let urls = cluster.urls();
+    let js = jetstream::new(connect(&urls[1]).await);
+    let gw = GatewayTask::start(&urls[0], "gw1", r3).await;
+    let client = connect(&urls[2]).await;
+    wait_live(&client, &["gw1"]).await;
+    let to_b = Recorder::default();
+    let _b = agents::serve(&connect(&urls[2]).await, "B", "b1", to_b.clone(), true).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = flood(
+        connect(&urls[2]).await,
+        "A",
+        "B",
+        Duration::from_millis(10),
+        stop.clone(),
+    );
+    to_b.wait_for(20).await;
+
+    set_max_msg_size(&js, "mesh-gateways", 1).await;
+    // What `mesh-cli kill` would see: no live replica to wait for.
+    wait_live(&client, &[]).await;
+    let lapsed = to_b.len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        to_b.len(),
+        lapsed,
+        "gw1 delivered while no kill would wait for it"
+    );
+
+    set_max_msg_size(&js, "mesh-gateways", 64 * 1024).await;
+    wait_live(&client, &["gw1"]).await;
+    to_b.wait_for(lapsed + 20).await;
+    stop.store(true, Ordering::SeqCst);
+    let _ = sender.await;
+    gw.stop().await;
 }

@@ -288,22 +288,21 @@ async fn a_replica_whose_watch_consumer_is_lost_never_delivers_past_a_kill() {
         .await
         .expect("mesh objects");
 
-    let gw = GatewayTask::start(&urls[0], "gw1", r3).await;
-    let client = connect(&urls[0]).await;
-    wait_live(&client, &["gw1"]).await;
-    let host = watch_consumer_host(&js, "mesh-kill").await;
-    let (gw, client, urls_kept) = if host == 0 {
-        // Move the gateway off the host, so that only the consumer is lost.
-        gw.stop().await;
-        let gw = GatewayTask::start(&urls[1], "gw1", r3).await;
-        let client = connect(&urls[1]).await;
+    // The watch's consumer is placed by the server: start the gateway on each node in turn
+    // until it runs on another node than the gateway's, so that only the consumer is lost.
+    let mut placed = None;
+    for node in 0..3 {
+        let gw = GatewayTask::start(&urls[node], "gw1", r3).await;
+        let client = connect(&urls[node]).await;
         wait_live(&client, &["gw1"]).await;
         let host = watch_consumer_host(&js, "mesh-kill").await;
-        assert_ne!(host, 1, "the new watch runs off the gateway's node");
-        (gw, client, urls[1].clone())
-    } else {
-        (gw, client, urls[0].clone())
-    };
+        if host != node {
+            placed = Some((gw, client, urls[node].clone()));
+            break;
+        }
+        gw.stop().await;
+    }
+    let (gw, client, urls_kept) = placed.expect("a watch consumer off the gateway's node");
     let host = watch_consumer_host(&js, "mesh-kill").await;
     let victim = Recorder::default();
     let _v = agents::serve(

@@ -291,13 +291,13 @@ async fn a_replica_whose_watch_consumer_is_lost_never_delivers_past_a_kill() {
     // The watch's consumer is placed by the server: start the gateway on each node in turn
     // until it runs on another node than the gateway's, so that only the consumer is lost.
     let mut placed = None;
-    for node in 0..3 {
-        let gw = GatewayTask::start(&urls[node], "gw1", r3).await;
-        let client = connect(&urls[node]).await;
+    for (node, url) in urls.iter().enumerate() {
+        let gw = GatewayTask::start(url, "gw1", r3).await;
+        let client = connect(url).await;
         wait_live(&client, &["gw1"]).await;
         let host = watch_consumer_host(&js, "mesh-kill").await;
         if host != node {
-            placed = Some((gw, client, urls[node].clone()));
+            placed = Some((gw, client, url.clone()));
             break;
         }
         gw.stop().await;

@@ -161,9 +161,11 @@ impl Drop for InFlight {
 #[derive(Debug)]
 pub struct Gates {
     map: RwLock<HashMap<AgentId, Arc<Gate>>>,
-    /// False until the KV watch has replayed every kill flag, and whenever it is broken:
-    /// then nothing is delivered (fail closed).
+    /// True only while both parts below are: otherwise nothing is delivered (fail closed).
     ready: watch::Sender<bool>,
+    /// (kill state known, listed): the KV watch has replayed every kill flag and is current;
+    /// this replica's presence record is fresh, so every kill waits for it.
+    parts: std::sync::Mutex<(bool, bool)>,
 }
 
 impl Default for Gates {
@@ -171,6 +173,7 @@ impl Default for Gates {
         Gates {
             map: RwLock::new(HashMap::new()),
             ready: watch::channel(false).0,
+            parts: std::sync::Mutex::new((false, false)),
         }
     }
 }
@@ -199,13 +202,31 @@ impl Gates {
             .collect()
     }
 
-    /// Whether the kill state is known.
+    /// Whether this replica may deliver: kill state known and presence fresh.
     pub fn is_ready(&self) -> bool {
         *self.ready.borrow()
     }
 
     /// Marks the kill state known or unknown.
-    pub fn set_ready(&self, ready: bool) {
+    pub fn set_ready(&self, known: bool) {
+        self.update(|parts| parts.0 = known);
+    }
+
+    /// Marks this replica listed (its presence is fresh) or not: a replica that cannot prove it
+    /// is listed may be skipped by a kill, so it must not deliver.
+    pub fn set_listed(&self, listed: bool) {
+        self.update(|parts| parts.1 = listed);
+    }
+
+    /// Whether this replica's presence is fresh.
+    pub fn is_listed(&self) -> bool {
+        self.parts.lock().unwrap_or_else(|e| e.into_inner()).1
+    }
+
+    fn update(&self, change: impl FnOnce(&mut (bool, bool))) {
+        let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        change(&mut parts);
+        let ready = parts.0 && parts.1;
         self.ready.send_if_modified(|r| {
             let changed = *r != ready;
             *r = ready;
@@ -250,6 +271,20 @@ mod tests {
             .await
             .expect("wait_idle returns after leave")
             .expect("task ok");
+    }
+
+    #[test]
+    fn ready_needs_kill_state_and_a_fresh_presence() {
+        let gates = Gates::default();
+        gates.set_ready(true);
+        assert!(!gates.is_ready(), "not listed yet");
+        gates.set_listed(true);
+        assert!(gates.is_ready());
+        gates.set_listed(false);
+        assert!(!gates.is_ready(), "presence lapsed");
+        gates.set_listed(true);
+        gates.set_ready(false);
+        assert!(!gates.is_ready(), "kill state unknown");
     }
 
     #[test]

@@ -40,30 +40,68 @@ pub async fn run(shared: Arc<Shared>) {
 }
 
 /// One watch: replay every flag, mark ready, then follow changes. `Ok` only on shutdown.
+///
+/// A KV watch can go quiet without an error: async-nats recreates the watch's ordered consumer
+/// by itself after a reconnect or a lost consumer, retrying without limit, with request timeouts
+/// and back-off of up to 10 s each, while yielding nothing. So the watch is not trusted on its
+/// own: every `presence_interval` the bucket's last sequence is read, and the watch must have
+/// reached the sequence read one check earlier. Until a check proves that, after a reconnect,
+/// and while the bucket cannot be read, the replica delivers nothing (see [`Liveness`]).
 async fn watch_once(shared: &Arc<Shared>) -> Result<(), String> {
     let kv = &shared.objects.kill;
+    let bucket = &shared.cfg.names.kill_bucket;
+    let connects = connects(&shared.client);
+    // Read before the watch starts: once the replay is over, the watch has seen everything up
+    // to here (a revision removed meanwhile is not replayed, but nothing is missed either).
+    // Fresh from the server: `kv.status()` only returns the stream info cached when the bucket
+    // was opened, which would make a bucket that was empty then look empty for ever.
+    let state = kv
+        .stream
+        .get_info()
+        .await
+        .map_err(|e| format!("cannot read {bucket}: {e}"))?
+        .state;
+    let before = state.last_sequence;
     let mut watch = kv
         .watch_with_history(">")
         .await
-        .map_err(|e| format!("cannot watch {}: {e}", shared.cfg.names.kill_bucket))?;
+        .map_err(|e| format!("cannot watch {bucket}: {e}"))?;
     let mut seen: HashSet<AgentId> = HashSet::new();
+    let mut live = Liveness::new(shared.cfg.presence_interval);
     let mut replaying = true;
     // An empty bucket replays nothing, so nothing would tell us the replay is over.
-    let status = kv
-        .status()
-        .await
-        .map_err(|e| format!("cannot read {}: {e}", shared.cfg.names.kill_bucket))?;
-    if status.values() == 0 {
+    if state.messages == 0 {
+        live.replayed(before);
         finish_replay(shared, &seen);
         replaying = false;
     }
+    let mut check = tokio::time::interval(shared.cfg.presence_interval);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let entry = tokio::select! {
+            // Entries first: one waiting in the buffer must count before a check judges.
+            biased;
             e = watch.next() => e,
             _ = shared.cancel.cancelled() => return Ok(()),
             _ = disconnected(&shared.client) => {
                 // Changes may have been missed while cut off: replay before delivering again.
                 return Err("disconnected from NATS".to_string());
+            }
+            _ = check.tick() => {
+                if self::connects(&shared.client) != connects {
+                    // A reconnect shorter than the state poll: the watch may have lost its
+                    // consumer, and changes may have been missed meanwhile.
+                    return Err("reconnected to NATS".to_string());
+                }
+                let last = last_revision(kv, shared.cfg.presence_interval).await;
+                let verdict = live.check(last, Instant::now());
+                if !replaying {
+                    shared.gates.set_ready(verdict.fresh);
+                }
+                if let Some(why) = verdict.stalled {
+                    return Err(why);
+                }
+                continue;
             }
         };
         let entry = match entry {
@@ -72,13 +110,121 @@ async fn watch_once(shared: &Arc<Shared>) -> Result<(), String> {
             None => return Err("watch ended".to_string()),
         };
         let caught_up = entry.delta == 0;
+        live.saw(entry.revision);
         if let Some(id) = apply(shared, &entry) {
             seen.insert(id);
         }
         if replaying && caught_up {
+            live.replayed(before);
             finish_replay(shared, &seen);
             replaying = false;
         }
+    }
+}
+
+/// The bucket's last revision (its stream's last sequence), read from the stream leader, within
+/// `limit` so that a check never blocks the watch for long.
+async fn last_revision(
+    kv: &async_nats::jetstream::kv::Store,
+    limit: Duration,
+) -> Result<u64, String> {
+    match tokio::time::timeout(limit, kv.stream.get_info()).await {
+        Ok(Ok(info)) => Ok(info.state.last_sequence),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {limit:?}")),
+    }
+}
+
+/// Successful connections of `client` so far: a change means it reconnected.
+pub(crate) fn connects(client: &async_nats::Client) -> u64 {
+    client
+        .statistics()
+        .connects
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Whether the watch keeps up with the bucket, judged from periodic reads of its last revision.
+#[derive(Debug)]
+struct Liveness {
+    /// The highest revision the watch has delivered (or, after the replay, covered).
+    seen: u64,
+    /// The last revision read at the previous check, and when: the watch must reach it.
+    target: Option<(u64, Instant)>,
+    /// When the watch was last proven current: it had reached a revision read at that time.
+    proven: Option<Instant>,
+    /// How long a proof holds.
+    lease: Duration,
+    /// The last check could not read the bucket (logged once per run of failures).
+    unreadable: bool,
+}
+
+/// The outcome of one check.
+#[derive(Debug, PartialEq)]
+struct Verdict {
+    /// Whether the replica may deliver: the watch was proven current within the lease.
+    fresh: bool,
+    /// Set when the watch is behind a revision the bucket had a whole check ago: restart it.
+    stalled: Option<String>,
+}
+
+impl Liveness {
+    /// Checks run every `interval`; a proof holds for three of them.
+    fn new(interval: Duration) -> Self {
+        Liveness {
+            seen: 0,
+            target: None,
+            proven: None,
+            lease: interval * 3,
+            unreadable: false,
+        }
+    }
+
+    fn saw(&mut self, revision: u64) {
+        self.seen = self.seen.max(revision);
+    }
+
+    /// The replay is over: everything up to `before` (read before the watch started) is seen.
+    fn replayed(&mut self, before: u64) {
+        self.saw(before);
+        self.proven = Some(Instant::now());
+    }
+
+    /// One check, with the bucket's last revision as read now (or why it could not be read).
+    fn check(&mut self, last: Result<u64, String>, now: Instant) -> Verdict {
+        let mut stalled = None;
+        if let Some((target, asked)) = self.target {
+            if self.seen >= target {
+                self.proven = Some(self.proven.map_or(asked, |p| p.max(asked)));
+            } else {
+                stalled = Some(format!(
+                    "watch stalled: it has delivered up to revision {} but the bucket was at {} \
+                     a check ago",
+                    self.seen, target
+                ));
+            }
+        }
+        match last {
+            Ok(last) if last <= self.seen => {
+                self.unreadable = false;
+                self.proven = Some(now);
+                self.target = None;
+            }
+            Ok(last) => {
+                self.unreadable = false;
+                self.target = Some((last, now));
+            }
+            Err(e) => {
+                if !self.unreadable {
+                    tracing::warn!(error = %e, seen = self.seen,
+                        "cannot read the kill-flag bucket to check the watch; delivering nothing \
+                         once the last check is older than the lease");
+                }
+                self.unreadable = true;
+                self.target = None;
+            }
+        }
+        let fresh = stalled.is_none() && self.proven.is_some_and(|p| now - p < self.lease);
+        Verdict { fresh, stalled }
     }
 }
 
@@ -191,5 +337,59 @@ pub(crate) async fn disconnected(client: &async_nats::Client) {
         if client.connection_state() != async_nats::connection::State::Connected {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const I: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_watch_that_keeps_up_stays_fresh() {
+        let mut live = Liveness::new(I);
+        live.replayed(5);
+        let t = Instant::now();
+        assert!(live.check(Ok(5), t).fresh);
+        // A write lands; the watch delivers it before the next check.
+        assert!(live.check(Ok(6), t + I).fresh);
+        live.saw(6);
+        let v = live.check(Ok(6), t + 2 * I);
+        assert_eq!(
+            v,
+            Verdict {
+                fresh: true,
+                stalled: None
+            }
+        );
+    }
+
+    #[test]
+    fn a_watch_that_misses_a_revision_for_a_check_is_stalled() {
+        let mut live = Liveness::new(I);
+        live.replayed(5);
+        let t = Instant::now();
+        assert!(live.check(Ok(7), t).fresh);
+        let v = live.check(Ok(7), t + I);
+        assert!(!v.fresh);
+        assert!(v.stalled.is_some());
+    }
+
+    #[test]
+    fn an_unreadable_bucket_fails_closed_once_the_lease_runs_out() {
+        let mut live = Liveness::new(I);
+        live.replayed(5);
+        let t = Instant::now();
+        assert!(live.check(Err("timeout".into()), t + I).fresh);
+        assert!(!live.check(Err("timeout".into()), t + 3 * I).fresh);
+        // Readable again and current: fresh again, nothing stalled.
+        assert_eq!(
+            live.check(Ok(5), t + 4 * I),
+            Verdict {
+                fresh: true,
+                stalled: None
+            }
+        );
     }
 }

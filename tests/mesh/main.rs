@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod bypass;
+mod cluster;
 mod connect;
 mod crash;
 mod delivery;

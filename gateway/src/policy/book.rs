@@ -157,11 +157,13 @@ async fn watch_once(shared: &Arc<Shared>) -> Result<(), String> {
         .watch_with_history(">")
         .await
         .map_err(|e| format!("cannot watch {}: {e}", shared.cfg.names.policy_bucket))?;
-    let status = kv
-        .status()
+    // Fresh from the server: `kv.status()` returns the info cached when the bucket was opened.
+    let info = kv
+        .stream
+        .get_info()
         .await
         .map_err(|e| format!("cannot read {}: {e}", shared.cfg.names.policy_bucket))?;
-    if status.values() == 0 {
+    if info.state.messages == 0 {
         shared.policies.set_ready(true);
     }
     loop {

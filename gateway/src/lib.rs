@@ -71,9 +71,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GatewayError> {
     cfg.validate()?;
-    server_version::warn_if_needed(&client);
     let js = jetstream::new(client.clone());
     let objects = setup::ensure(&js, &cfg).await?;
+    // Connected for sure now (JetStream answered), so the server's INFO is in.
+    server_version::warn_if_needed(&client);
     let budget_kv = objects.counters.clone();
     let subjects = cfg.names.subjects()?;
     let gateway_id = cfg.gateway_id();

@@ -318,3 +318,144 @@ async fn a_revoked_agent_is_cut_off_and_its_inbound_work_kept() {
     seen.wait_unique("planner", 6).await;
     seen.assert_in_order("planner", 6);
 }
+
+/// The same attempts from nats-py, as an agent written in Python would make them: refused by
+/// NATS, the victim receives nothing, the kill holds, and the credentials `agent add` issues
+/// work as they are with a Python client.
+#[tokio::test]
+async fn a_nats_py_rogue_is_refused_the_same_way() {
+    init_tracing();
+    let mesh = Mesh::start();
+    let _gw = GatewayTask::start_in(&mesh, "gw1", |_| {}).await;
+    let op = mesh.operator().await;
+    wait_live(&op, &["gw1"]).await;
+    let to_victim = Recorder::default();
+    let _victim = agents::serve(
+        &mesh.agent("victim").await,
+        "victim",
+        "v1",
+        to_victim.clone(),
+        true,
+    )
+    .await;
+    let mut rejected = op
+        .subscribe("mesh.agent.rogue.rejected")
+        .await
+        .expect("sub");
+    mesh_tests::registered(&op).await;
+    operator::kill(&op, "rogue", "went rogue").await;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let creds = dir.path().join("rogue.creds");
+    std::fs::write(&creds, mesh.agent_creds("rogue").expect("creds")).expect("write creds");
+    let publish = [
+        "mesh.agent.victim.inbox",
+        "mesh.hb.victim",
+        "mesh.intent.victim.victim.deploy.service",
+        "mesh.intent._mesh._unpark.victim",
+        "$KV.mesh-kill.rogue",
+        "$JS.API.STREAM.PURGE.MESH_INTENTS",
+        "$JS.API.CONSUMER.PAUSE.MESH_INTENTS.mesh_deliver",
+        "$JS.API.DIRECT.GET.KV_mesh-kill",
+        "mesh.gw.fenced.rogue",
+        "mesh.audit.resume.rogue",
+        "_GW_INBOX.reply",
+        "$SYS.REQ.CLAIMS.UPDATE",
+    ];
+    let subscribe = [
+        "mesh.agent.victim.inbox",
+        "mesh.intent.>",
+        "_INBOX.>",
+        "_GW_INBOX.>",
+        "_CLI_INBOX.>",
+        "$KV.>",
+        ">",
+    ];
+    let spec = serde_json::json!({
+        "url": mesh.url(),
+        "creds": creds,
+        "agent": "rogue",
+        "victim": "victim",
+        "publish": publish,
+        "subscribe": subscribe,
+    });
+    let report = python_rogue(&spec).await;
+
+    let refused = report["refused"].as_array().expect("refused");
+    assert_eq!(
+        report["not_refused"],
+        serde_json::json!([]),
+        "NATS let these through: {report}"
+    );
+    assert_eq!(refused.len(), publish.len() + subscribe.len(), "{report}");
+    for call in report["js_errors"].as_array().expect("js_errors") {
+        assert!(
+            !call["error"].is_null(),
+            "a JetStream API call worked: {call}"
+        );
+    }
+    assert!(
+        report["own_intent_seq"].as_u64().is_some_and(|s| s > 0),
+        "{report}"
+    );
+
+    // Its own intent (with a spoofed Mesh-From) is rejected as its own; the victim got nothing.
+    let notice = tokio::time::timeout(DEADLINE, futures::StreamExt::next(&mut rejected))
+        .await
+        .expect("a rejection notice in time")
+        .expect("notice");
+    let status = notice
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Mesh-Status"))
+        .map(|v| v.to_string());
+    assert_eq!(status.as_deref(), Some("403"));
+    let record = operator::kill_record(&op, "rogue")
+        .await
+        .expect("kill flag");
+    assert_eq!(record.state, KillState::Killed);
+    assert!(
+        to_victim.is_empty(),
+        "the victim received {:?}",
+        to_victim.all()
+    );
+}
+
+/// Runs tests/python/rogue.py in the project's venv (scripts/python-env creates it).
+async fn python_rogue(spec: &serde_json::Value) -> serde_json::Value {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf();
+    let env = std::process::Command::new(root.join("scripts/python-env"))
+        .output()
+        .expect("run scripts/python-env");
+    assert!(
+        env.status.success(),
+        "scripts/python-env failed: {}",
+        String::from_utf8_lossy(&env.stderr)
+    );
+    let python = String::from_utf8(env.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string();
+    let out = tokio::process::Command::new(python)
+        .arg(root.join("tests/python/rogue.py"))
+        .arg(spec.to_string())
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), out)
+        .await
+        .expect("rogue.py finished in time")
+        .expect("run rogue.py");
+    assert!(
+        out.status.success(),
+        "rogue.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "rogue.py printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}

@@ -300,6 +300,16 @@ impl AuthDir {
     /// Marks every unrevoked credential of `id` revoked as of now and returns the new mesh
     /// account JWT to push. The server refuses those credentials once it has the JWT.
     pub fn revoke_agent(&self, id: &str) -> Result<(Vec<Issued>, String), AuthError> {
+        self.revoke(id, None)
+    }
+
+    /// Like [`AuthDir::revoke_agent`], for one credential of `id` only (its user key `U…`):
+    /// how to rotate without a gap.
+    pub fn revoke_key(&self, id: &str, key: &str) -> Result<(Vec<Issued>, String), AuthError> {
+        self.revoke(id, Some(key))
+    }
+
+    fn revoke(&self, id: &str, key: Option<&str>) -> Result<(Vec<Issued>, String), AuthError> {
         // Revocations are by user key: a later `add_agent` gets a new key and is not affected.
         let at = now();
         let mut revoked = Vec::new();
@@ -308,7 +318,19 @@ impl AuthDir {
                 .agents
                 .get_mut(id)
                 .ok_or_else(|| AuthError::UnknownAgent(id.to_string()))?;
-            for i in list.iter_mut().filter(|i| i.revoked_at.is_none()) {
+            if let Some(key) = key {
+                if !list.iter().any(|i| i.public_key == key) {
+                    return Err(AuthError::UnknownKey {
+                        agent: id.to_string(),
+                        key: key.to_string(),
+                    });
+                }
+            }
+            let chosen = |i: &Issued| key.is_none_or(|k| i.public_key == k);
+            for i in list
+                .iter_mut()
+                .filter(|i| i.revoked_at.is_none() && chosen(i))
+            {
                 i.revoked_at = Some(at.max(i.issued_at));
                 revoked.push(i.clone());
             }

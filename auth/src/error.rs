@@ -30,6 +30,10 @@ pub enum AuthError {
     Encode(String),
     #[error("no credentials were issued to agent {0}; `mesh-cli agent list` shows who holds some")]
     UnknownAgent(String),
+    #[error(
+        "agent {agent} holds no credential with key {key}; `mesh-cli agent list` shows its keys"
+    )]
+    UnknownKey { agent: String, key: String },
     #[error("could not push the account update to NATS: {0}; the change is saved in the auth directory, run the command again once NATS answers")]
     Push(String),
 }

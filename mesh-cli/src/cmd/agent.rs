@@ -55,6 +55,10 @@ pub enum Action {
         /// Why: recorded in the audit trail.
         #[arg(long, default_value = "credentials revoked")]
         reason: String,
+        /// Only this credential (its user key `U…`, from `agent list`): to rotate without a
+        /// gap, add a new one first, deploy it, then revoke the old key.
+        #[arg(long, value_name = "KEY")]
+        key: Option<String>,
     },
     /// Who holds credentials: every issued credential with its state.
     List,
@@ -113,9 +117,9 @@ pub async fn run(args: Args, ctx: &mut Ctx) -> Result<(), CliError> {
             expires,
             force,
         } => add(&dir, &agent, out, expires, force, ctx).await,
-        Action::Revoke { agent, reason } => {
+        Action::Revoke { agent, reason, key } => {
             let by = super::operator(&ctx.env);
-            let revoked = revoke(&dir, &ctx.cfg, &agent, &reason, &by).await?;
+            let revoked = revoke(&dir, &ctx.cfg, &agent, key.as_deref(), &reason, &by).await?;
             if ctx.out.is_json() {
                 ctx.out.json(&revoked)?;
             } else {
@@ -211,15 +215,20 @@ async fn add(
     Ok(())
 }
 
-/// Revokes every credential of `agent`, pushes the account update, and records it.
+/// Revokes every credential of `agent` (or the one with user key `key`), pushes the account
+/// update, and records it.
 pub async fn revoke(
     dir: &AuthDir,
     cfg: &CliConfig,
     agent: &str,
+    key: Option<&str>,
     reason: &str,
     by: &str,
 ) -> Result<Revoked, CliError> {
-    let (revoked, account) = dir.revoke_agent(agent)?;
+    let (revoked, account) = match key {
+        Some(key) => dir.revoke_key(agent, key)?,
+        None => dir.revoke_agent(agent)?,
+    };
     let system_cfg = CliConfig {
         nats_creds: Some(dir.system_creds()),
         ..cfg.clone()

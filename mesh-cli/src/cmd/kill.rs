@@ -58,7 +58,8 @@ pub async fn run(args: Args, ctx: &mut Ctx) -> Result<(), CliError> {
     let mesh = Mesh::open(ctx.cfg.clone()).await?;
     let outcome = switch.apply(&mesh).await?;
     let reason = format!("killed with --revoke: {}", args.reason);
-    let revoked = super::agent::revoke(&auth, &ctx.cfg, args.agent.as_str(), &reason, &by).await?;
+    let revoked =
+        super::agent::revoke(&auth, &ctx.cfg, args.agent.as_str(), None, &reason, &by).await?;
     if ctx.out.is_json() {
         let mut value = serde_json::to_value(&outcome)
             .map_err(|e| CliError::nats("could not encode the outcome", e))?;

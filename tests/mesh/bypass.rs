@@ -459,3 +459,95 @@ async fn python_rogue(spec: &serde_json::Value) -> serde_json::Value {
         )
     })
 }
+
+/// The one reply an agent may send to each delivery is used up when two of its own
+/// subscriptions receive the request (a trap of NATS response permissions): an agent that also
+/// holds `mesh.agent.<id>.>` cannot acknowledge. `mesh-agent` subscribes to `inbox`, `rejected`
+/// and `control` separately, and its acknowledgements go through.
+#[tokio::test]
+async fn overlapping_subscriptions_use_up_the_reply_and_mesh_agent_avoids_them() {
+    init_tracing();
+    let mesh = Mesh::start();
+    let _gw = GatewayTask::start_in(&mesh, "gw1", |_| {}).await;
+    let op = mesh.operator().await;
+    wait_live(&op, &["gw1"]).await;
+    let planner = jetstream::new(mesh.agent("planner").await);
+
+    // The trap: a queue subscription on the inbox and a wildcard over the same subjects.
+    let (naive, mut events) = mesh.agent_watched("naive").await;
+    let mut inbox = naive
+        .queue_subscribe("mesh.agent.naive.inbox", "naive".into())
+        .await
+        .expect("sub");
+    let _all = naive.subscribe("mesh.agent.naive.>").await.expect("sub");
+    mesh_tests::registered(&naive).await;
+    agents::send(&planner, "planner", "naive", "do", "0")
+        .await
+        .expect("sent");
+    let msg = tokio::time::timeout(DEADLINE, futures::StreamExt::next(&mut inbox))
+        .await
+        .expect("delivered in time")
+        .expect("delivery");
+    let reply = msg.reply.expect("a request");
+    naive.publish(reply.clone(), "".into()).await.expect("sent");
+    let refusal = loop {
+        match tokio::time::timeout(DEADLINE, events.recv()).await {
+            Ok(Some(Event::ServerError(e))) => break e.to_string(),
+            Ok(Some(_)) => continue,
+            other => panic!("the reply was not refused: {other:?}"),
+        }
+    };
+    assert!(
+        refusal.contains(&format!("Permissions Violation for Publish to \"{reply}\"")),
+        "{refusal}"
+    );
+
+    // mesh-agent: inbox, rejections and control at once, and every delivery acknowledged.
+    let agent = mesh_agent::Agent::new(
+        mesh.agent("careful").await,
+        mesh_schemas::AgentId::new("careful").expect("id"),
+    );
+    let _rejections = agent.rejections().await.expect("rejections");
+    let _control = agent.control().await.expect("control");
+    let mut served = agent.serve().await.expect("serve");
+    for n in 0..3 {
+        agents::send(&planner, "planner", "careful", "do", n.to_string())
+            .await
+            .expect("sent");
+    }
+    for _ in 0..3 {
+        let d = tokio::time::timeout(DEADLINE, served.next())
+            .await
+            .expect("delivered in time")
+            .expect("delivery");
+        assert_eq!(d.attempt, 1, "a redelivery: an acknowledgement was lost");
+        d.ack().await.expect("acknowledged");
+    }
+    // Acknowledged means the gateway acked the intents in JetStream: nothing stays pending on
+    // the shared consumer (the naive agent's intent, never acknowledged, is parked on its own).
+    let js = jetstream::new(op.clone());
+    mesh_tests::eventually("the careful agent's intents acknowledged", || {
+        let js = js.clone();
+        async move {
+            let Ok(mut stream) = js.get_stream("MESH_INTENTS").await else {
+                return false;
+            };
+            let Ok(mut consumer) = stream
+                .get_consumer::<jetstream::consumer::pull::Config>("mesh_deliver")
+                .await
+            else {
+                return false;
+            };
+            let Ok(info) = consumer.info().await else {
+                return false;
+            };
+            let last = stream
+                .info()
+                .await
+                .map(|i| i.state.last_sequence)
+                .unwrap_or(0);
+            info.delivered.stream_sequence == last && info.num_ack_pending == 0
+        }
+    })
+    .await;
+}

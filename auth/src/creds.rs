@@ -36,12 +36,30 @@ pub fn parse(text: &str) -> Result<(String, String), AuthError> {
 mod tests {
     use super::*;
 
+    /// The file exactly as nsc and the nats CLI write it (nats-io/jwt `FormatUserConfig`).
+    const GOLDEN: &str = "-----BEGIN NATS USER JWT-----
+eyJ.abc.def
+------END NATS USER JWT------
+
+************************* IMPORTANT *************************
+NKEY Seed printed below can be used to sign and prove identity.
+NKEYs are sensitive and should be treated as secrets.
+
+-----BEGIN USER NKEY SEED-----
+SUAXYZ
+------END USER NKEY SEED------
+
+*************************************************************
+";
+
+    #[test]
+    fn the_file_has_the_shape_every_nats_tool_reads() {
+        assert_eq!(format("eyJ.abc.def", "SUAXYZ"), GOLDEN);
+    }
+
     #[test]
     fn round_trips() {
         let text = format("eyJ.abc.def", "SUAXYZ");
-        assert!(text.starts_with(
-            "-----BEGIN NATS USER JWT-----\neyJ.abc.def\n------END NATS USER JWT------\n"
-        ));
         assert_eq!(
             parse(&text).expect("parse"),
             ("eyJ.abc.def".into(), "SUAXYZ".into())

@@ -1,5 +1,8 @@
 //! mesh-agent against a real nats-server, with the gateway played by the test: the test creates
 //! the intents stream itself and sends deliveries and notices by hand.
+//!
+//! The server is secured as `mesh-cli up` runs it: each agent connects with credentials of its
+//! own (and inbox prefix `_INBOX_<id>`), the test's "gateway" with the gateways' credentials.
 
 use std::time::Duration;
 
@@ -13,7 +16,7 @@ use mesh_schemas::headers::{
     MESH_INTENT_ID, MESH_REASON, MESH_STATUS, NATS_MSG_ID,
 };
 use mesh_schemas::{ControlNotice, KillRecord, KillState, MeshNames, RejectionNotice};
-use mesh_testkit::NatsServer;
+use mesh_tests::Mesh;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -38,9 +41,18 @@ fn delivery_headers(intent: &str, from: &str, attempt: u32) -> HeaderMap {
 
 #[tokio::test]
 async fn send_stores_the_intent_with_its_id_and_cost() {
-    let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.expect("connect");
-    let js = jetstream::new(client.clone());
+    let mesh = Mesh::start();
+    let client = mesh.agent("alice").await;
+    let alice = Agent::new(client, id("alice"));
+
+    // Before the gateway has made the intents stream, nothing captures the subject: the error
+    // says so (and nothing is stored).
+    assert!(matches!(
+        alice.send(&id("bob"), "x", "").await,
+        Err(SendError::NoStream { .. })
+    ));
+
+    let js = jetstream::new(mesh.gateway_client().await);
     let mut intents = js
         .create_stream(stream::Config {
             name: "MESH_INTENTS".into(),
@@ -50,7 +62,6 @@ async fn send_stores_the_intent_with_its_id_and_cost() {
         .await
         .expect("stream");
 
-    let alice = Agent::new(client.clone(), id("alice"));
     let receipt = alice
         .send_with(
             &id("bob"),
@@ -109,8 +120,26 @@ async fn send_stores_the_intent_with_its_id_and_cost() {
             .await,
         Err(SendError::InvalidCost(_))
     ));
+}
 
-    // Under a prefix no stream captures, the error says so.
+/// In open mode (`mesh-cli up --insecure`), with the intents stream in place: under a prefix
+/// no stream captures, the error says so. (In a secured mesh an agent's credentials cover its
+/// mesh's prefix only, so a wrong prefix is refused by the server's permissions instead.)
+#[tokio::test]
+async fn send_under_a_prefix_no_stream_captures_says_so_in_open_mode() {
+    let mesh = Mesh::insecure();
+    let client = mesh.agent("alice").await;
+    let js = jetstream::new(mesh.gateway_client().await);
+    js.create_stream(stream::Config {
+        name: "MESH_INTENTS".into(),
+        subjects: vec!["mesh.intent.*.*.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("stream");
+    let alice = Agent::new(client.clone(), id("alice"));
+    alice.send(&id("bob"), "x", "").await.expect("send");
+
     let names = MeshNames {
         prefix: "other".into(),
         ..MeshNames::default()
@@ -126,9 +155,9 @@ async fn send_stores_the_intent_with_its_id_and_cost() {
 
 #[tokio::test]
 async fn inbox_is_registered_on_return_dedupes_and_ignores_strangers() {
-    let server = NatsServer::start();
-    let agent_conn = async_nats::connect(server.url()).await.expect("connect");
-    let gateway = async_nats::connect(server.url()).await.expect("connect");
+    let mesh = Mesh::start();
+    let agent_conn = mesh.agent("bob").await;
+    let gateway = mesh.gateway_client().await;
     let bob = Agent::new(agent_conn, id("bob"));
     let mut inbox = bob.serve().await.expect("serve");
 
@@ -231,9 +260,9 @@ async fn inbox_is_registered_on_return_dedupes_and_ignores_strangers() {
 
 #[tokio::test]
 async fn rejections_and_control_notices_reach_the_agent() {
-    let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.expect("connect");
-    let gateway = async_nats::connect(server.url()).await.expect("connect");
+    let mesh = Mesh::start();
+    let client = mesh.agent("alice").await;
+    let gateway = mesh.gateway_client().await;
     let alice = Agent::new(client, id("alice"));
     let mut rejections = alice.rejections().await.expect("rejections");
     let mut control = alice.control().await.expect("control");
@@ -296,13 +325,13 @@ fn beat_of(msg: &async_nats::Message) -> (String, f64) {
 
 #[tokio::test]
 async fn heartbeats_carry_the_instance_and_the_cumulative_cost_until_stopped() {
-    let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.expect("connect");
-    let watcher = async_nats::connect(server.url()).await.expect("connect");
+    let mesh = Mesh::start();
+    let client = mesh.agent("deployer").await;
+    // The gateway hears heartbeats.
+    let watcher = mesh.gateway_client().await;
     let mut beats = watcher.subscribe("mesh.hb.deployer").await.expect("sub");
-    watcher.flush().await.expect("flush");
     // Let the server register the subscription before anything is published.
-    let _ = watcher.request("$JS.API.INFO", "".into()).await;
+    mesh_tests::registered(&watcher).await;
 
     let deployer = Agent::new(client, id("deployer"));
     let every = Duration::from_millis(50);

@@ -5,12 +5,12 @@ use async_nats::HeaderMap;
 use mesh_schemas::AuditKind;
 use mesh_tests::agents::{self, Recorder};
 use mesh_tests::gateways::one_gateway;
-use mesh_tests::{connect, eventually, operator};
+use mesh_tests::{eventually, operator};
 
 #[tokio::test]
 async fn an_intent_without_an_action_or_over_the_size_limit_fails_at_the_sender() {
-    let (_server, gw, client) = one_gateway().await;
-    let js = async_nats::jetstream::new(client.clone());
+    let (mesh, gw, _operator) = one_gateway().await;
+    let js = async_nats::jetstream::new(mesh.agent("A").await);
     let no_action = agents::send_with(&js, "mesh.intent.A.B", HeaderMap::new(), "x").await;
     assert!(
         no_action.is_err(),
@@ -28,21 +28,17 @@ async fn an_intent_without_an_action_or_over_the_size_limit_fails_at_the_sender(
 
 #[tokio::test]
 async fn bad_ids_and_malformed_headers_are_rejected_400_with_a_record() {
-    let (_server, gw, client) = one_gateway().await;
-    let js = async_nats::jetstream::new(client.clone());
+    let (mesh, gw, client) = one_gateway().await;
+    let js = async_nats::jetstream::new(mesh.agent("A").await);
     let rec = Recorder::default();
-    let _b = agents::serve(
-        &connect(&client_url(&client)).await,
-        "B",
-        "b1",
-        rec.clone(),
-        true,
-    )
-    .await;
-    let notices = agents::rejections(&connect(&client_url(&client)).await, "A").await;
+    let _b = agents::serve(&mesh.agent("B").await, "B", "b1", rec.clone(), true).await;
+    let notices = agents::rejections(&mesh.agent("A").await, "A").await;
 
-    // A sender id that is not a valid agent id.
-    agents::send(&js, "bad$id", "B", "work", "1")
+    // A sender id that is not a valid agent id. No credentials can be issued to it, so only a
+    // trusted identity (the operator, allowed all of `mesh.>`) can put it on the wire; the
+    // gateway must still refuse it.
+    let js_trusted = async_nats::jetstream::new(client.clone());
+    agents::send(&js_trusted, "bad$id", "B", "work", "1")
         .await
         .expect("publish");
     // A recipient id that is not valid: the intent can never be routed.
@@ -102,27 +98,29 @@ async fn bad_ids_and_malformed_headers_are_rejected_400_with_a_record() {
 
 #[tokio::test]
 async fn a_garbage_kill_record_fails_closed_for_that_agent_and_says_why() {
-    let (_server, gw, client) = one_gateway().await;
-    let url = client_url(&client);
+    let (mesh, gw, client) = one_gateway().await;
     let js = async_nats::jetstream::new(client.clone());
     let kv = js.get_key_value("mesh-kill").await.expect("kill bucket");
     kv.put("G", bytes::Bytes::from_static(b"\xc1\xff not a record"))
         .await
         .expect("put garbage");
 
+    let g = mesh.agent("G").await;
     let to_g = Recorder::default();
-    let _g = agents::serve(&connect(&url).await, "G", "g1", to_g.clone(), true).await;
+    let _g = agents::serve(&g, "G", "g1", to_g.clone(), true).await;
     let to_h = Recorder::default();
-    let _h = agents::serve(&connect(&url).await, "H", "h1", to_h.clone(), true).await;
-    let notices = agents::rejections(&connect(&url).await, "G").await;
+    let _h = agents::serve(&mesh.agent("H").await, "H", "h1", to_h.clone(), true).await;
+    let notices = agents::rejections(&g, "G").await;
 
-    agents::send(&js, "G", "H", "work", "from-g")
+    agents::send(&async_nats::jetstream::new(g), "G", "H", "work", "from-g")
         .await
         .expect("publish");
-    agents::send(&js, "H", "G", "work", "to-g")
+    let js_h = async_nats::jetstream::new(mesh.agent("H").await);
+    agents::send(&js_h, "H", "G", "work", "to-g")
         .await
         .expect("publish");
-    agents::send(&js, "X", "H", "work", "marker")
+    let js_x = async_nats::jetstream::new(mesh.agent("X").await);
+    agents::send(&js_x, "X", "H", "work", "marker")
         .await
         .expect("publish");
 
@@ -143,9 +141,4 @@ async fn a_garbage_kill_record_fails_closed_for_that_agent_and_says_why() {
     to_g.wait_for(1).await;
     assert_eq!(to_g.payloads_from("H"), vec!["to-g".to_string()]);
     gw.stop().await;
-}
-
-fn client_url(client: &async_nats::Client) -> String {
-    let info = client.server_info();
-    format!("nats://127.0.0.1:{}", info.port)
 }

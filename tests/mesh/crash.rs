@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use async_nats::HeaderMap;
 use mesh_tests::agents::{self, Recorder};
 use mesh_tests::gateways::{wait_live, GatewayProcess};
-use mesh_tests::{connect, eventually, init_tracing, operator, NatsServer};
+use mesh_tests::{eventually, init_tracing, operator, Mesh};
 
 /// Publishes until JetStream stores it, retrying through outages; the fixed `Nats-Msg-Id`
 /// makes a retry of an intent that was in fact stored a no-op.
@@ -33,18 +33,18 @@ async fn publish_surely(
 #[tokio::test]
 async fn gateway_sigkill_and_nats_restart_lose_nothing_and_keep_the_kill() {
     init_tracing();
-    let server = NatsServer::start();
-    let url = server.url();
-    let mut g1 = GatewayProcess::start(&url, "gw1");
-    let _g2 = GatewayProcess::start(&url, "gw2");
-    let client = connect(&url).await;
+    let mesh = Mesh::start();
+    let mut g1 = GatewayProcess::start_in(&mesh, "gw1");
+    let _g2 = GatewayProcess::start_in(&mesh, "gw2");
+    let client = mesh.operator().await;
     wait_live(&client, &["gw1", "gw2"]).await;
     let js = async_nats::jetstream::new(client.clone());
+    let js_a = async_nats::jetstream::new(mesh.agent("A").await);
 
     let to_b = Recorder::default();
-    let _b = agents::serve(&connect(&url).await, "B", "b1", to_b.clone(), true).await;
+    let _b = agents::serve(&mesh.agent("B").await, "B", "b1", to_b.clone(), true).await;
     let to_k = Recorder::default();
-    let _k = agents::serve(&connect(&url).await, "K", "k1", to_k.clone(), true).await;
+    let _k = agents::serve(&mesh.agent("K").await, "K", "k1", to_k.clone(), true).await;
     operator::kill(&client, "K", "held across crashes").await;
 
     const N: usize = 1500;
@@ -53,13 +53,13 @@ async fn gateway_sigkill_and_nats_restart_lose_nothing_and_keep_the_kill() {
             g1.kill(); // SIGKILL, no drain
         }
         if i == 800 {
-            g1 = GatewayProcess::start(&url, "gw1");
+            g1 = GatewayProcess::start_in(&mesh, "gw1");
         }
         if i == 1100 {
-            server.restart();
+            mesh.server.restart();
         }
         publish_surely(
-            &js,
+            &js_a,
             "mesh.intent.A.B.work",
             &format!("a-{i}"),
             format!("{i}"),
@@ -67,7 +67,7 @@ async fn gateway_sigkill_and_nats_restart_lose_nothing_and_keep_the_kill() {
         .await;
         if i % 100 == 0 {
             publish_surely(
-                &js,
+                &js_a,
                 "mesh.intent.A.K.work",
                 &format!("k-{i}"),
                 format!("{i}"),

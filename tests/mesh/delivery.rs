@@ -2,23 +2,36 @@
 
 use mesh_tests::agents::{self, Recorder};
 use mesh_tests::gateways::{wait_live, GatewayTask};
-use mesh_tests::{connect, init_tracing, NatsServer};
+use mesh_tests::{init_tracing, Mesh};
 
 #[tokio::test]
 async fn intents_arrive_once_in_order_per_sender_with_delivery_headers() {
+    arrive_once_in_order_per_sender(Mesh::start()).await;
+}
+
+/// The same in open mode (`mesh-cli up --insecure`): no credentials anywhere.
+#[tokio::test]
+async fn intents_arrive_once_in_order_per_sender_with_delivery_headers_in_open_mode() {
+    arrive_once_in_order_per_sender(Mesh::insecure()).await;
+}
+
+async fn arrive_once_in_order_per_sender(mesh: Mesh) {
     init_tracing();
-    let server = NatsServer::start();
-    let url = server.url();
-    let gw = GatewayTask::start(&url, "gw1", |_| {}).await;
-    let client = connect(&url).await;
-    wait_live(&client, &["gw1"]).await;
-    let js = async_nats::jetstream::new(client.clone());
+    let gw = GatewayTask::start_in(&mesh, "gw1", |_| {}).await;
+    let operator = mesh.operator().await;
+    wait_live(&operator, &["gw1"]).await;
+    let js_a = async_nats::jetstream::new(mesh.agent("A").await);
+    let js_c = async_nats::jetstream::new(mesh.agent("C").await);
 
     let rec = Recorder::default();
-    let _b = agents::serve(&connect(&url).await, "B", "b1", rec.clone(), true).await;
+    let _b = agents::serve(&mesh.agent("B").await, "B", "b1", rec.clone(), true).await;
     for i in 0..200 {
-        let from = if i % 2 == 0 { "A" } else { "C" };
-        agents::send(&js, from, "B", "deploy.service", format!("{i}"))
+        let (js, from) = if i % 2 == 0 {
+            (&js_a, "A")
+        } else {
+            (&js_c, "C")
+        };
+        agents::send(js, from, "B", "deploy.service", format!("{i}"))
             .await
             .expect("publish");
     }
@@ -33,6 +46,7 @@ async fn intents_arrive_once_in_order_per_sender_with_delivery_headers() {
     assert_eq!(first.attempt, 1);
 
     // Every intent was acknowledged on the shared lane; B was never parked.
+    let js = async_nats::jetstream::new(operator);
     let stream = js.get_stream("MESH_INTENTS").await.expect("stream");
     mesh_tests::eventually("all intents acked", || {
         let stream = stream.clone();
@@ -55,26 +69,32 @@ async fn intents_arrive_once_in_order_per_sender_with_delivery_headers() {
 #[tokio::test]
 async fn a_recipient_that_never_replies_does_not_slow_the_others() {
     init_tracing();
-    let server = NatsServer::start();
-    let url = server.url();
-    let gw = GatewayTask::start(&url, "gw1", |_| {}).await;
-    let client = connect(&url).await;
-    wait_live(&client, &["gw1"]).await;
-    let js = async_nats::jetstream::new(client.clone());
+    let mesh = Mesh::start();
+    let gw = GatewayTask::start_in(&mesh, "gw1", |_| {}).await;
+    let operator = mesh.operator().await;
+    wait_live(&operator, &["gw1"]).await;
+    let js_a = async_nats::jetstream::new(mesh.agent("A").await);
 
     let silent = Recorder::default();
-    let _s = agents::serve(&connect(&url).await, "slow", "s1", silent.clone(), false).await;
+    let _s = agents::serve(
+        &mesh.agent("slow").await,
+        "slow",
+        "s1",
+        silent.clone(),
+        false,
+    )
+    .await;
     let fast = Recorder::default();
-    let _f = agents::serve(&connect(&url).await, "fast", "f1", fast.clone(), true).await;
+    let _f = agents::serve(&mesh.agent("fast").await, "fast", "f1", fast.clone(), true).await;
     for i in 0..50 {
-        agents::send(&js, "A", "slow", "work", format!("{i}"))
+        agents::send(&js_a, "A", "slow", "work", format!("{i}"))
             .await
             .expect("publish");
     }
     silent.wait_for(1).await;
     let started = std::time::Instant::now();
     for i in 0..500 {
-        agents::send(&js, "A", "fast", "work", format!("{i}"))
+        agents::send(&js_a, "A", "fast", "work", format!("{i}"))
             .await
             .expect("publish");
     }
@@ -89,6 +109,7 @@ async fn a_recipient_that_never_replies_does_not_slow_the_others() {
     );
     // And the silent agent's intents are still pending, not dropped: parked on its own
     // consumer once a delivery timed out.
+    let js = async_nats::jetstream::new(operator);
     let stream = js.get_stream("MESH_INTENTS").await.expect("stream");
     mesh_tests::eventually("the silent agent's 50 intents parked", || {
         let stream = stream.clone();
@@ -106,17 +127,17 @@ async fn a_recipient_that_never_replies_does_not_slow_the_others() {
 #[tokio::test]
 async fn an_intent_to_an_agent_nobody_serves_waits_until_one_does() {
     init_tracing();
-    let server = NatsServer::start();
-    let url = server.url();
-    let gw = GatewayTask::start(&url, "gw1", |_| {}).await;
-    let client = connect(&url).await;
-    wait_live(&client, &["gw1"]).await;
-    let js = async_nats::jetstream::new(client.clone());
+    let mesh = Mesh::start();
+    let gw = GatewayTask::start_in(&mesh, "gw1", |_| {}).await;
+    let operator = mesh.operator().await;
+    wait_live(&operator, &["gw1"]).await;
+    let js_a = async_nats::jetstream::new(mesh.agent("A").await);
     for i in 0..20 {
-        agents::send(&js, "A", "late", "work", format!("{i}"))
+        agents::send(&js_a, "A", "late", "work", format!("{i}"))
             .await
             .expect("publish");
     }
+    let js = async_nats::jetstream::new(operator);
     let stream = js.get_stream("MESH_INTENTS").await.expect("stream");
     mesh_tests::eventually("the gateway tried the late agent", || {
         let stream = stream.clone();
@@ -129,7 +150,7 @@ async fn an_intent_to_an_agent_nobody_serves_waits_until_one_does() {
     })
     .await;
     let rec = Recorder::default();
-    let _l = agents::serve(&connect(&url).await, "late", "l1", rec.clone(), true).await;
+    let _l = agents::serve(&mesh.agent("late").await, "late", "l1", rec.clone(), true).await;
     rec.wait_for(20).await;
     let want: Vec<String> = (0..20).map(|i| i.to_string()).collect();
     assert_eq!(rec.payloads_from("A"), want);

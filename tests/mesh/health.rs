@@ -17,7 +17,7 @@ use mesh_schemas::{
 };
 use mesh_tests::agents::{self, Recorder};
 use mesh_tests::gateways::{wait_live, GatewayTask};
-use mesh_tests::{connect, eventually, init_tracing, operator, NatsServer, DEADLINE};
+use mesh_tests::{eventually, init_tracing, operator, registered, Mesh, DEADLINE};
 use tokio_util::sync::CancellationToken;
 
 const DEGRADED_AFTER: Duration = Duration::from_millis(300);
@@ -37,16 +37,17 @@ fn short_policy(on_unreachable: Option<OnUnreachable>) -> Policy {
     }
 }
 
-/// A server with the mesh objects and `policies` in place, then gateway replicas `ids`, all
-/// live. Policies are written before the replicas start, so they are in force from the first
-/// evaluation (a replica judges nothing before its policy watch has replayed).
+/// A secured mesh with its objects and `policies` in place, then gateway replicas `ids`, all
+/// live, and an operator client. Policies are written before the replicas start, so they are
+/// in force from the first evaluation (a replica judges nothing before its policy watch has
+/// replayed).
 async fn mesh(
     policies: &[(&str, Policy)],
     ids: &[&str],
-) -> (NatsServer, Vec<GatewayTask>, async_nats::Client) {
+) -> (Mesh, Vec<GatewayTask>, async_nats::Client) {
     init_tracing();
-    let server = NatsServer::start();
-    let client = connect(&server.url()).await;
+    let mesh = Mesh::start();
+    let client = mesh.operator().await;
     let js = async_nats::jetstream::new(client.clone());
     let objects = mesh_gateway::setup::ensure(&js, &GatewayConfig::default())
         .await
@@ -62,22 +63,22 @@ async fn mesh(
     }
     let mut gws = Vec::new();
     for id in ids {
-        gws.push(GatewayTask::start(&server.url(), id, |_| {}).await);
+        gws.push(GatewayTask::start_in(&mesh, id, |_| {}).await);
     }
     wait_live(&client, ids).await;
-    (server, gws, client)
+    (mesh, gws, client)
 }
 
 /// One agent instance beating every [`BEAT_EVERY`] with a fixed cumulative cost, on its own
-/// connection, like a real instance.
+/// connection with the agent's credentials, like a real instance.
 struct Beater {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<Instant>,
 }
 
 impl Beater {
-    async fn start(url: &str, agent: &str, instance: &str, cost_total: Option<f64>) -> Self {
-        let client = connect(url).await;
+    async fn start(mesh: &Mesh, agent: &str, instance: &str, cost_total: Option<f64>) -> Self {
+        let client = mesh.agent(agent).await;
         let subject = format!("mesh.hb.{agent}");
         let instance = instance.to_string();
         let stop = CancellationToken::new();
@@ -118,10 +119,7 @@ impl Beater {
 /// Subscribes to `subject` and makes sure the server has registered it.
 async fn listen(client: &async_nats::Client, subject: String) -> Subscriber {
     let sub = client.subscribe(subject).await.expect("subscribe");
-    let _ = client
-        .request("$JS.API.INFO", bytes::Bytes::new())
-        .await
-        .expect("round trip to the server");
+    registered(client).await;
     sub
 }
 
@@ -184,14 +182,13 @@ fn state_of(event: &AuditEvent) -> String {
 #[tokio::test]
 async fn instances_stop_and_health_goes_degraded_then_unreachable_on_time() {
     let agent = "hb-agent";
-    let (server, mut gws, client) = mesh(&[(agent, short_policy(None))], &["gw1"]).await;
-    let url = server.url();
+    let (mesh, mut gws, client) = mesh(&[(agent, short_policy(None))], &["gw1"]).await;
     let mut degraded = listen(&client, format!("mesh.event.degraded.{agent}")).await;
     let mut unreachable = listen(&client, format!("mesh.event.unreachable.{agent}")).await;
     let mut healthy = listen(&client, format!("mesh.event.healthy.{agent}")).await;
 
-    let i1 = Beater::start(&url, agent, "i1", Some(1.5)).await;
-    let i2 = Beater::start(&url, agent, "i2", Some(2.0)).await;
+    let i1 = Beater::start(&mesh, agent, "i1", Some(1.5)).await;
+    let i2 = Beater::start(&mesh, agent, "i2", Some(2.0)).await;
     let rec = wait_record(&client, agent, "healthy with 2 instances", |r| {
         r.state == HealthState::Healthy && r.instances == 2
     })
@@ -273,7 +270,7 @@ async fn instances_stop_and_health_goes_degraded_then_unreachable_on_time() {
     );
 
     // An instance comes back.
-    let i1 = Beater::start(&url, agent, "i1", Some(1.5)).await;
+    let i1 = Beater::start(&mesh, agent, "i1", Some(1.5)).await;
     let event = next_event(&mut healthy, "healthy").await;
     assert_eq!(state_of(&event), "healthy");
     wait_record(&client, agent, "healthy again with 1 instance", |r| {
@@ -300,7 +297,7 @@ async fn instances_stop_and_health_goes_degraded_then_unreachable_on_time() {
 #[tokio::test]
 async fn an_unreachable_agent_is_killed_when_its_policy_says_so() {
     let agent = "hb-kill";
-    let (server, mut gws, client) = mesh(
+    let (mesh, mut gws, client) = mesh(
         &[(agent, short_policy(Some(OnUnreachable::Kill)))],
         &["gw1"],
     )
@@ -308,7 +305,7 @@ async fn an_unreachable_agent_is_killed_when_its_policy_says_so() {
     let mut unreachable = listen(&client, format!("mesh.event.unreachable.{agent}")).await;
     let mut autokill = listen(&client, format!("mesh.event.autokill.{agent}")).await;
 
-    let i1 = Beater::start(&server.url(), agent, "i1", None).await;
+    let i1 = Beater::start(&mesh, agent, "i1", None).await;
     wait_record(&client, agent, "healthy", |r| {
         r.state == HealthState::Healthy
     })
@@ -337,7 +334,7 @@ async fn an_unreachable_agent_is_killed_when_its_policy_says_so() {
 
     // Resume: health starts afresh, and the agent is healthy again when it beats.
     operator::resume(&client, agent).await;
-    let i1 = Beater::start(&server.url(), agent, "i1", None).await;
+    let i1 = Beater::start(&mesh, agent, "i1", None).await;
     wait_record(&client, agent, "healthy after resume", |r| {
         r.state == HealthState::Healthy && r.instances == 1
     })
@@ -348,9 +345,9 @@ async fn an_unreachable_agent_is_killed_when_its_policy_says_so() {
 
 #[tokio::test]
 async fn malformed_heartbeats_are_ignored_and_delivery_goes_on() {
-    let (server, mut gws, client) = mesh(&[], &["gw1"]).await;
+    let (mesh, mut gws, client) = mesh(&[], &["gw1"]).await;
     let rec = Recorder::default();
-    let _b = agents::serve(&connect(&server.url()).await, "B", "b1", rec.clone(), true).await;
+    let _b = agents::serve(&mesh.agent("B").await, "B", "b1", rec.clone(), true).await;
 
     let beat = |pairs: &[(&str, &str)]| {
         let mut h = HeaderMap::new();
@@ -359,18 +356,18 @@ async fn malformed_heartbeats_are_ignored_and_delivery_goes_on() {
         }
         h
     };
-    let bad: Vec<(String, HeaderMap)> = vec![
-        ("mesh.hb.E".into(), HeaderMap::new()),
-        ("mesh.hb.E".into(), beat(&[("Mesh-Cost-Total", "5")])),
-        (
-            "mesh.hb.E".into(),
-            beat(&[("Mesh-Instance", "x"), ("Mesh-Cost-Total", "ten")]),
-        ),
-        (
-            "mesh.hb.E".into(),
-            beat(&[("Mesh-Instance", "x"), ("Mesh-Cost-Total", "-3")]),
-        ),
-        ("mesh.hb.E".into(), beat(&[("Mesh-Instance", " ")])),
+    // E's own heartbeats with bad headers, sent with E's credentials.
+    let bad_from_e: Vec<HeaderMap> = vec![
+        HeaderMap::new(),
+        beat(&[("Mesh-Cost-Total", "5")]),
+        beat(&[("Mesh-Instance", "x"), ("Mesh-Cost-Total", "ten")]),
+        beat(&[("Mesh-Instance", "x"), ("Mesh-Cost-Total", "-3")]),
+        beat(&[("Mesh-Instance", " ")]),
+    ];
+    // Heartbeats of ids that can hold no credentials: no agent may publish them, so a trusted
+    // identity (the operator, allowed all of `mesh.>`) injects them; the gateway must still
+    // ignore them.
+    let bad_subjects: Vec<(String, HeaderMap)> = vec![
         (
             "mesh.hb.bad$id".into(),
             beat(&[("Mesh-Instance", "x"), ("Mesh-Cost-Total", "5")]),
@@ -380,25 +377,34 @@ async fn malformed_heartbeats_are_ignored_and_delivery_goes_on() {
             beat(&[("Mesh-Instance", "x")]),
         ),
     ];
-    // Many of them, to exercise the log throttle too.
+    // Many of them, to exercise the log throttle too. The operator's flush returns once the
+    // server has queued them for the gateway, so they reach it before anything E sends next.
     for _ in 0..200 {
-        for (subject, headers) in &bad {
+        for (subject, headers) in &bad_subjects {
             client
                 .publish_with_headers(subject.clone(), headers.clone(), "junk".into())
                 .await
                 .expect("publish");
         }
     }
-    // Then one good heartbeat of E, on the same connection (so it is heard after the bad ones).
-    client
-        .publish_with_headers(
-            "mesh.hb.E".to_string(),
-            beat(&[("Mesh-Instance", "y"), ("Mesh-Cost-Total", "1.0")]),
-            "ok".into(),
-        )
-        .await
-        .expect("publish");
     client.flush().await.expect("flush");
+    let e = mesh.agent("E").await;
+    for _ in 0..200 {
+        for headers in &bad_from_e {
+            e.publish_with_headers("mesh.hb.E", headers.clone(), "junk".into())
+                .await
+                .expect("publish");
+        }
+    }
+    // Then one good heartbeat of E, on the same connection (so it is heard after the bad ones).
+    e.publish_with_headers(
+        "mesh.hb.E",
+        beat(&[("Mesh-Instance", "y"), ("Mesh-Cost-Total", "1.0")]),
+        "ok".into(),
+    )
+    .await
+    .expect("publish");
+    e.flush().await.expect("flush");
 
     // The first record of E already counts the good heartbeat only.
     let record = wait_record(&client, "E", "a record", |r| r.instances >= 1).await;
@@ -409,7 +415,7 @@ async fn malformed_heartbeats_are_ignored_and_delivery_goes_on() {
     );
 
     // And the gateway still delivers.
-    let js = async_nats::jetstream::new(client.clone());
+    let js = async_nats::jetstream::new(mesh.agent("A").await);
     agents::send(&js, "A", "B", "work", "after-bad-heartbeats")
         .await
         .expect("publish intent");
@@ -421,11 +427,11 @@ async fn malformed_heartbeats_are_ignored_and_delivery_goes_on() {
 #[tokio::test]
 async fn with_two_replicas_only_the_leader_alerts() {
     let agent = "hb-two";
-    let (server, mut gws, client) = mesh(&[(agent, short_policy(None))], &["gw1", "gw2"]).await;
+    let (mesh, mut gws, client) = mesh(&[(agent, short_policy(None))], &["gw1", "gw2"]).await;
     let mut degraded = listen(&client, format!("mesh.event.degraded.{agent}")).await;
     let mut unreachable = listen(&client, format!("mesh.event.unreachable.{agent}")).await;
 
-    let i1 = Beater::start(&server.url(), agent, "i1", None).await;
+    let i1 = Beater::start(&mesh, agent, "i1", None).await;
     wait_record(&client, agent, "healthy", |r| {
         r.state == HealthState::Healthy
     })

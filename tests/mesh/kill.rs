@@ -8,7 +8,7 @@ use mesh_schemas::AuditKind;
 use mesh_tests::agents::{self, Recorder};
 use mesh_tests::gateways::{wait_live, GatewayProcess};
 use mesh_tests::operator;
-use mesh_tests::{connect, eventually, init_tracing, NatsServer};
+use mesh_tests::{eventually, init_tracing, Mesh};
 
 /// Publishes `from → to` intents numbered from 0 as fast as PubAcks allow until `stop`.
 fn flood(
@@ -32,30 +32,36 @@ fn flood(
 #[tokio::test]
 async fn kill_under_load_stops_four_instances_at_once_and_resume_replays_in_order() {
     init_tracing();
-    let server = NatsServer::start();
-    let url = server.url();
-    let _g1 = GatewayProcess::start(&url, "gw1");
-    let _g2 = GatewayProcess::start(&url, "gw2");
-    let client = connect(&url).await;
+    let mesh = Mesh::start();
+    let _g1 = GatewayProcess::start_in(&mesh, "gw1");
+    let _g2 = GatewayProcess::start_in(&mesh, "gw2");
+    let client = mesh.operator().await;
     wait_live(&client, &["gw1", "gw2"]).await;
 
     // The deployer runs as four instances; infra receives what the deployer sends.
     let to_deployer = Recorder::default();
     let mut instances = Vec::new();
     for i in 0..4 {
-        let c = connect(&url).await;
+        let c = mesh.agent("deployer").await;
         instances
             .push(agents::serve(&c, "deployer", &format!("d{i}"), to_deployer.clone(), true).await);
     }
     let to_infra = Recorder::default();
-    let _infra = agents::serve(&connect(&url).await, "infra", "i1", to_infra.clone(), true).await;
-    let rejected = agents::rejections(&connect(&url).await, "deployer").await;
+    let _infra = agents::serve(
+        &mesh.agent("infra").await,
+        "infra",
+        "i1",
+        to_infra.clone(),
+        true,
+    )
+    .await;
+    let rejected = agents::rejections(&mesh.agent("deployer").await, "deployer").await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let sent_in = Arc::new(AtomicUsize::new(0));
     let sent_out = Arc::new(AtomicUsize::new(0));
-    let js_planner = async_nats::jetstream::new(connect(&url).await);
-    let js_deployer = async_nats::jetstream::new(connect(&url).await);
+    let js_planner = async_nats::jetstream::new(mesh.agent("planner").await);
+    let js_deployer = async_nats::jetstream::new(mesh.agent("deployer").await);
     let planner = flood(
         js_planner,
         "planner",
@@ -144,17 +150,18 @@ async fn kill_under_load_stops_four_instances_at_once_and_resume_replays_in_orde
 #[tokio::test]
 async fn outbound_rejection_is_retroactive_with_notice_and_record() {
     init_tracing();
-    let server = NatsServer::start();
-    let url = server.url();
-    let _g1 = GatewayProcess::start(&url, "gw1");
-    let client = connect(&url).await;
+    let mesh = Mesh::start();
+    let _g1 = GatewayProcess::start_in(&mesh, "gw1");
+    let client = mesh.operator().await;
     wait_live(&client, &["gw1"]).await;
     let js = async_nats::jetstream::new(client.clone());
-    let rejected = agents::rejections(&connect(&url).await, "rogue").await;
+    let rogue = mesh.agent("rogue").await;
+    let rejected = agents::rejections(&rogue, "rogue").await;
 
     // Nobody serves `target` yet, so the rogue's intents wait as pending work.
+    let js_rogue = async_nats::jetstream::new(rogue);
     for i in 0..25 {
-        agents::send(&js, "rogue", "target", "delete.db", format!("{i}"))
+        agents::send(&js_rogue, "rogue", "target", "delete.db", format!("{i}"))
             .await
             .expect("publish");
     }
@@ -173,7 +180,14 @@ async fn outbound_rejection_is_retroactive_with_notice_and_record() {
 
     // Now the target comes online: it must get none of them.
     let rec = Recorder::default();
-    let _t = agents::serve(&connect(&url).await, "target", "t1", rec.clone(), true).await;
+    let _t = agents::serve(
+        &mesh.agent("target").await,
+        "target",
+        "t1",
+        rec.clone(),
+        true,
+    )
+    .await;
     rejected.wait_for(25).await;
     let notices = rejected.all();
     assert_eq!(notices.len(), 25);

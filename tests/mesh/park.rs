@@ -11,7 +11,7 @@ use futures::StreamExt;
 use mesh_tests::agents::{self, Recorder};
 use mesh_tests::gateways::{wait_live, GatewayProcess, GatewayTask};
 use mesh_tests::operator;
-use mesh_tests::{connect, eventually, init_tracing, NatsServer};
+use mesh_tests::{eventually, init_tracing, registered, Mesh};
 
 /// Publishes `from → to` intents numbered from 0 until `stop`.
 fn flood(
@@ -52,28 +52,42 @@ async fn unparked(js: &async_nats::jetstream::Context, id: &str) -> bool {
 #[tokio::test]
 async fn kill_and_resume_cycles_under_load_keep_order_and_lose_nothing() {
     init_tracing();
-    let server = NatsServer::start();
-    let url = server.url();
-    let _g1 = GatewayProcess::start(&url, "gw1");
-    let _g2 = GatewayProcess::start(&url, "gw2");
-    let client = connect(&url).await;
+    let mesh = Mesh::start();
+    let _g1 = GatewayProcess::start_in(&mesh, "gw1");
+    let _g2 = GatewayProcess::start_in(&mesh, "gw2");
+    let client = mesh.operator().await;
     wait_live(&client, &["gw1", "gw2"]).await;
     let js = async_nats::jetstream::new(client.clone());
 
     let rec = Recorder::default();
-    let _w1 = agents::serve(&connect(&url).await, "worker", "w1", rec.clone(), true).await;
-    let _w2 = agents::serve(&connect(&url).await, "worker", "w2", rec.clone(), true).await;
+    let _w1 = agents::serve(
+        &mesh.agent("worker").await,
+        "worker",
+        "w1",
+        rec.clone(),
+        true,
+    )
+    .await;
+    let _w2 = agents::serve(
+        &mesh.agent("worker").await,
+        "worker",
+        "w2",
+        rec.clone(),
+        true,
+    )
+    .await;
     let stop = Arc::new(AtomicBool::new(false));
     let (sent_a, sent_b) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let js_planner = async_nats::jetstream::new(mesh.agent("planner").await);
     let fa = flood(
-        async_nats::jetstream::new(connect(&url).await),
+        js_planner.clone(),
         "planner",
         "worker",
         stop.clone(),
         sent_a.clone(),
     );
     let fb = flood(
-        async_nats::jetstream::new(connect(&url).await),
+        async_nats::jetstream::new(mesh.agent("ops").await),
         "ops",
         "worker",
         stop.clone(),
@@ -111,7 +125,7 @@ async fn kill_and_resume_cycles_under_load_keep_order_and_lose_nothing() {
     })
     .await;
     for i in na..na + 20 {
-        agents::send(&js, "planner", "worker", "work", format!("{i}"))
+        agents::send(&js_planner, "planner", "worker", "work", format!("{i}"))
             .await
             .expect("publish");
     }
@@ -126,16 +140,16 @@ async fn kill_and_resume_cycles_under_load_keep_order_and_lose_nothing() {
 #[tokio::test]
 async fn an_agent_that_comes_back_is_replayed_in_order_then_unparked() {
     init_tracing();
-    let server = NatsServer::start();
-    let url = server.url();
-    let gw = GatewayTask::start(&url, "gw1", |_| {}).await;
-    let client = connect(&url).await;
+    let mesh = Mesh::start();
+    let gw = GatewayTask::start_in(&mesh, "gw1", |_| {}).await;
+    let client = mesh.operator().await;
     wait_live(&client, &["gw1"]).await;
     let js = async_nats::jetstream::new(client.clone());
+    let js_a = async_nats::jetstream::new(mesh.agent("A").await);
 
     // Nobody serves `late`: its first delivery finds no responder and it is parked.
     for i in 0..30 {
-        agents::send(&js, "A", "late", "work", format!("{i}"))
+        agents::send(&js_a, "A", "late", "work", format!("{i}"))
             .await
             .expect("publish");
     }
@@ -147,9 +161,9 @@ async fn an_agent_that_comes_back_is_replayed_in_order_then_unparked() {
 
     // It comes online while more intents keep coming.
     let rec = Recorder::default();
-    let _l = agents::serve(&connect(&url).await, "late", "l1", rec.clone(), true).await;
+    let _l = agents::serve(&mesh.agent("late").await, "late", "l1", rec.clone(), true).await;
     for i in 30..60 {
-        agents::send(&js, "A", "late", "work", format!("{i}"))
+        agents::send(&js_a, "A", "late", "work", format!("{i}"))
             .await
             .expect("publish");
     }
@@ -161,7 +175,7 @@ async fn an_agent_that_comes_back_is_replayed_in_order_then_unparked() {
     })
     .await;
     for i in 60..70 {
-        agents::send(&js, "A", "late", "work", format!("{i}"))
+        agents::send(&js_a, "A", "late", "work", format!("{i}"))
             .await
             .expect("publish");
     }
@@ -201,24 +215,21 @@ async fn a_full_shared_lane_parks_its_largest_queue() {
 /// (`tweak` says why), the fast one's intents do not wait for it, and both get everything in order.
 async fn slow_recipient_is_parked(tweak: impl FnOnce(&mut mesh_gateway::GatewayConfig)) {
     init_tracing();
-    let server = NatsServer::start();
-    let url = server.url();
-    let gw = GatewayTask::start(&url, "gw1", tweak).await;
-    let client = connect(&url).await;
+    let mesh = Mesh::start();
+    let gw = GatewayTask::start_in(&mesh, "gw1", tweak).await;
+    let client = mesh.operator().await;
     wait_live(&client, &["gw1"]).await;
     let js = async_nats::jetstream::new(client.clone());
+    let js_a = async_nats::jetstream::new(mesh.agent("A").await);
 
     // A slow agent: it answers each intent after 20 ms of service time, like an agent doing
     // real work, so intents queue up for it faster than it takes them.
-    let slow_client = connect(&url).await;
+    let slow_client = mesh.agent("slow").await;
     let mut inbox = slow_client
         .queue_subscribe("mesh.agent.slow.inbox", "slow".to_string())
         .await
         .expect("subscribe");
-    let _ = slow_client
-        .request("$JS.API.INFO", Bytes::new())
-        .await
-        .expect("round trip");
+    registered(&slow_client).await;
     let slow_got = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let got = slow_got.clone();
     let replier = slow_client.clone();
@@ -234,10 +245,10 @@ async fn slow_recipient_is_parked(tweak: impl FnOnce(&mut mesh_gateway::GatewayC
         }
     });
     let fast = Recorder::default();
-    let _f = agents::serve(&connect(&url).await, "fast", "f1", fast.clone(), true).await;
+    let _f = agents::serve(&mesh.agent("fast").await, "fast", "f1", fast.clone(), true).await;
 
     for i in 0..100 {
-        agents::send(&js, "A", "slow", "work", format!("{i}"))
+        agents::send(&js_a, "A", "slow", "work", format!("{i}"))
             .await
             .expect("publish");
     }
@@ -247,7 +258,7 @@ async fn slow_recipient_is_parked(tweak: impl FnOnce(&mut mesh_gateway::GatewayC
     })
     .await;
     for i in 0..300 {
-        agents::send(&js, "A", "fast", "work", format!("{i}"))
+        agents::send(&js_a, "A", "fast", "work", format!("{i}"))
             .await
             .expect("publish");
     }
@@ -279,22 +290,21 @@ async fn resuming_many_agents_at_once_releases_every_one() {
     // Kills and resumes race with the shared lane parking the same agents: whatever the order,
     // no parked consumer may stay paused once its agent is resumed.
     init_tracing();
-    let server = NatsServer::start();
-    let url = server.url();
-    let gw = GatewayTask::start(&url, "gw1", |_| {}).await;
-    let client = connect(&url).await;
+    let mesh = Mesh::start();
+    let gw = GatewayTask::start_in(&mesh, "gw1", |_| {}).await;
+    let client = mesh.operator().await;
     wait_live(&client, &["gw1"]).await;
-    let js = async_nats::jetstream::new(client.clone());
+    let js_src = async_nats::jetstream::new(mesh.agent("src").await);
     let ids: Vec<String> = (0..30).map(|i| format!("agent{i}")).collect();
     let rec = Recorder::default();
     let mut serving = Vec::new();
     for id in &ids {
-        serving.push(agents::serve(&connect(&url).await, id, "i1", rec.clone(), true).await);
+        serving.push(agents::serve(&mesh.agent(id).await, id, "i1", rec.clone(), true).await);
     }
     futures::future::join_all(ids.iter().map(|id| operator::kill(&client, id, "hold"))).await;
     for round in 0..10 {
         for id in &ids {
-            agents::send(&js, "src", id, "work", format!("{id}-{round}"))
+            agents::send(&js_src, "src", id, "work", format!("{id}-{round}"))
                 .await
                 .expect("publish");
         }

@@ -5,7 +5,7 @@ use async_nats::HeaderMap;
 use mesh_schemas::{AuditKind, OnBreach, Policy};
 use mesh_tests::agents::{self, Recorder};
 use mesh_tests::gateways::{one_gateway, wait_live, GatewayProcess};
-use mesh_tests::{connect, eventually, init_tracing, operator, NatsServer};
+use mesh_tests::{eventually, init_tracing, operator, Mesh};
 
 fn caps(cap: u64, on_breach: OnBreach) -> Policy {
     Policy {
@@ -17,16 +17,16 @@ fn caps(cap: u64, on_breach: OnBreach) -> Policy {
 
 #[tokio::test]
 async fn an_action_outside_allow_send_is_rejected_403_and_the_agent_keeps_running() {
-    let (server, gw, client) = one_gateway().await;
-    let js = async_nats::jetstream::new(client.clone());
+    let (mesh, gw, client) = one_gateway().await;
+    let js = async_nats::jetstream::new(mesh.agent("A").await);
     let policy = Policy {
         allow_send: Some(vec!["deploy.*".into()]),
         ..Default::default()
     };
     operator::set_policy(&client, "A", policy).await;
     let rec = Recorder::default();
-    let _b = agents::serve(&connect(&server.url()).await, "B", "b1", rec.clone(), true).await;
-    let notices = agents::rejections(&connect(&server.url()).await, "A").await;
+    let _b = agents::serve(&mesh.agent("B").await, "B", "b1", rec.clone(), true).await;
+    let notices = agents::rejections(&mesh.agent("A").await, "A").await;
     agents::send(&js, "A", "B", "delete.db", "no")
         .await
         .expect("publish");
@@ -48,16 +48,16 @@ async fn an_action_outside_allow_send_is_rejected_403_and_the_agent_keeps_runnin
 
 #[tokio::test]
 async fn deny_receive_protects_the_recipient() {
-    let (server, gw, client) = one_gateway().await;
-    let js = async_nats::jetstream::new(client.clone());
+    let (mesh, gw, client) = one_gateway().await;
+    let js = async_nats::jetstream::new(mesh.agent("A").await);
     let policy = Policy {
         deny_receive: Some(vec!["admin.>".into()]),
         ..Default::default()
     };
     operator::set_policy(&client, "B", policy).await;
     let rec = Recorder::default();
-    let _b = agents::serve(&connect(&server.url()).await, "B", "b1", rec.clone(), true).await;
-    let notices = agents::rejections(&connect(&server.url()).await, "A").await;
+    let _b = agents::serve(&mesh.agent("B").await, "B", "b1", rec.clone(), true).await;
+    let notices = agents::rejections(&mesh.agent("A").await, "A").await;
     agents::send(&js, "A", "B", "admin.reset.all", "no")
         .await
         .expect("publish");
@@ -73,12 +73,12 @@ async fn deny_receive_protects_the_recipient() {
 
 #[tokio::test]
 async fn an_hourly_cap_with_kill_stops_the_agent_at_exactly_the_cap() {
-    let (server, gw, client) = one_gateway().await;
-    let js = async_nats::jetstream::new(client.clone());
+    let (mesh, gw, client) = one_gateway().await;
+    let js = async_nats::jetstream::new(mesh.agent("A").await);
     operator::set_policy(&client, "A", caps(20, OnBreach::Kill)).await;
     let rec = Recorder::default();
-    let _b = agents::serve(&connect(&server.url()).await, "B", "b1", rec.clone(), true).await;
-    let notices = agents::rejections(&connect(&server.url()).await, "A").await;
+    let _b = agents::serve(&mesh.agent("B").await, "B", "b1", rec.clone(), true).await;
+    let notices = agents::rejections(&mesh.agent("A").await, "A").await;
     for i in 0..30 {
         agents::send(&js, "A", "B", "work", format!("{i}"))
             .await
@@ -98,18 +98,19 @@ async fn an_hourly_cap_with_kill_stops_the_agent_at_exactly_the_cap() {
 
 #[tokio::test]
 async fn block_rejects_429_and_observe_delivers_and_records() {
-    let (server, gw, client) = one_gateway().await;
-    let js = async_nats::jetstream::new(client.clone());
+    let (mesh, gw, client) = one_gateway().await;
+    let js_blocked = async_nats::jetstream::new(mesh.agent("blocked").await);
+    let js_watched = async_nats::jetstream::new(mesh.agent("watched").await);
     operator::set_policy(&client, "blocked", caps(5, OnBreach::Block)).await;
     operator::set_policy(&client, "watched", caps(5, OnBreach::Observe)).await;
     let rec = Recorder::default();
-    let _b = agents::serve(&connect(&server.url()).await, "B", "b1", rec.clone(), true).await;
-    let notices = agents::rejections(&connect(&server.url()).await, "blocked").await;
+    let _b = agents::serve(&mesh.agent("B").await, "B", "b1", rec.clone(), true).await;
+    let notices = agents::rejections(&mesh.agent("blocked").await, "blocked").await;
     for i in 0..8 {
-        agents::send(&js, "blocked", "B", "work", format!("{i}"))
+        agents::send(&js_blocked, "blocked", "B", "work", format!("{i}"))
             .await
             .expect("publish");
-        agents::send(&js, "watched", "B", "work", format!("{i}"))
+        agents::send(&js_watched, "watched", "B", "work", format!("{i}"))
             .await
             .expect("publish");
     }
@@ -137,16 +138,16 @@ async fn block_rejects_429_and_observe_delivers_and_records() {
 
 #[tokio::test]
 async fn a_cost_ceiling_counts_mesh_cost_and_kills_before_it_is_crossed() {
-    let (server, gw, client) = one_gateway().await;
-    let js = async_nats::jetstream::new(client.clone());
+    let (mesh, gw, client) = one_gateway().await;
+    let js = async_nats::jetstream::new(mesh.agent("A").await);
     let policy = Policy {
         max_cost_usd: Some(1.0),
         ..Default::default()
     };
     operator::set_policy(&client, "A", policy).await;
     let rec = Recorder::default();
-    let _b = agents::serve(&connect(&server.url()).await, "B", "b1", rec.clone(), true).await;
-    let notices = agents::rejections(&connect(&server.url()).await, "A").await;
+    let _b = agents::serve(&mesh.agent("B").await, "B", "b1", rec.clone(), true).await;
+    let notices = agents::rejections(&mesh.agent("A").await, "A").await;
     for i in 0..5 {
         let mut h = HeaderMap::new();
         h.insert("Mesh-Cost", "0.30");
@@ -168,22 +169,22 @@ async fn a_cost_ceiling_counts_mesh_cost_and_kills_before_it_is_crossed() {
 #[tokio::test]
 async fn a_cap_holds_mesh_wide_with_two_replicas_and_across_a_restart() {
     init_tracing();
-    let server = NatsServer::start();
-    let url = server.url();
-    let mut g1 = GatewayProcess::start(&url, "gw1");
-    let _g2 = GatewayProcess::start(&url, "gw2");
-    let client = connect(&url).await;
+    let mesh = Mesh::start();
+    let mut g1 = GatewayProcess::start_in(&mesh, "gw1");
+    let _g2 = GatewayProcess::start_in(&mesh, "gw2");
+    let client = mesh.operator().await;
     wait_live(&client, &["gw1", "gw2"]).await;
-    let js = async_nats::jetstream::new(client.clone());
+    let js = async_nats::jetstream::new(mesh.agent("A").await);
     operator::set_policy(&client, "A", caps(60, OnBreach::Block)).await;
     // Eight recipients, pinned to one replica or the other.
     let rec = Recorder::default();
     let mut serving = Vec::new();
     for r in 0..8 {
-        let c = connect(&url).await;
-        serving.push(agents::serve(&c, &format!("R{r}"), "i1", rec.clone(), true).await);
+        let id = format!("R{r}");
+        let c = mesh.agent(&id).await;
+        serving.push(agents::serve(&c, &id, "i1", rec.clone(), true).await);
     }
-    let notices = agents::rejections(&connect(&url).await, "A").await;
+    let notices = agents::rejections(&mesh.agent("A").await, "A").await;
     for i in 0..40 {
         agents::send(&js, "A", &format!("R{}", i % 8), "work", format!("{i}"))
             .await
@@ -193,7 +194,7 @@ async fn a_cap_holds_mesh_wide_with_two_replicas_and_across_a_restart() {
 
     // Restart one replica in the middle of the window: the count lives in KV.
     g1.terminate();
-    let g1 = GatewayProcess::start(&url, "gw1");
+    let g1 = GatewayProcess::start_in(&mesh, "gw1");
     wait_live(&client, &["gw1", "gw2"]).await;
     for i in 40..100 {
         agents::send(&js, "A", &format!("R{}", i % 8), "work", format!("{i}"))
@@ -220,13 +221,12 @@ async fn a_cap_holds_mesh_wide_with_two_replicas_and_across_a_restart() {
 #[tokio::test]
 async fn a_rate_limit_throttles_without_dropping_and_holds_mesh_wide() {
     init_tracing();
-    let server = NatsServer::start();
-    let url = server.url();
-    let _g1 = GatewayProcess::start(&url, "gw1");
-    let _g2 = GatewayProcess::start(&url, "gw2");
-    let client = connect(&url).await;
+    let mesh = Mesh::start();
+    let _g1 = GatewayProcess::start_in(&mesh, "gw1");
+    let _g2 = GatewayProcess::start_in(&mesh, "gw2");
+    let client = mesh.operator().await;
     wait_live(&client, &["gw1", "gw2"]).await;
-    let js = async_nats::jetstream::new(client.clone());
+    let js = async_nats::jetstream::new(mesh.agent("A").await);
     let policy = Policy {
         rate: Some("40/s".into()),
         burst: Some(10),
@@ -236,8 +236,9 @@ async fn a_rate_limit_throttles_without_dropping_and_holds_mesh_wide() {
     let rec = Recorder::default();
     let mut serving = Vec::new();
     for r in 0..6 {
-        let c = connect(&url).await;
-        serving.push(agents::serve(&c, &format!("R{r}"), "i1", rec.clone(), true).await);
+        let id = format!("R{r}");
+        let c = mesh.agent(&id).await;
+        serving.push(agents::serve(&c, &id, "i1", rec.clone(), true).await);
     }
     let started = std::time::Instant::now();
     for i in 0..90 {
@@ -257,11 +258,14 @@ async fn a_rate_limit_throttles_without_dropping_and_holds_mesh_wide() {
 
 #[tokio::test]
 async fn a_malformed_policy_is_reported_and_does_not_lift_the_limit() {
-    let (server, gw, client) = one_gateway().await;
-    let js = async_nats::jetstream::new(client.clone());
+    let (mesh, gw, client) = one_gateway().await;
+    let js = async_nats::jetstream::new(mesh.agent("A").await);
     operator::set_policy(&client, "A", caps(3, OnBreach::Block)).await;
     // Written behind the CLI's back: garbage, then a record that fails validation.
-    let kv = js.get_key_value("mesh-policy").await.expect("bucket");
+    let kv = async_nats::jetstream::new(client.clone())
+        .get_key_value("mesh-policy")
+        .await
+        .expect("bucket");
     kv.put("A", bytes::Bytes::from_static(b"\xc1 garbage"))
         .await
         .expect("put");
@@ -284,8 +288,8 @@ async fn a_malformed_policy_is_reported_and_does_not_lift_the_limit() {
     })
     .await;
     let rec = Recorder::default();
-    let _b = agents::serve(&connect(&server.url()).await, "B", "b1", rec.clone(), true).await;
-    let notices = agents::rejections(&connect(&server.url()).await, "A").await;
+    let _b = agents::serve(&mesh.agent("B").await, "B", "b1", rec.clone(), true).await;
+    let notices = agents::rejections(&mesh.agent("A").await, "A").await;
     for i in 0..6 {
         agents::send(&js, "A", "B", "work", format!("{i}"))
             .await
@@ -302,13 +306,13 @@ async fn a_malformed_policy_is_reported_and_does_not_lift_the_limit() {
 
 #[tokio::test]
 async fn cost_reported_only_in_heartbeats_kills_at_the_ceiling_without_any_intent() {
-    let (server, gw, client) = one_gateway().await;
+    let (mesh, gw, client) = one_gateway().await;
     let policy = Policy {
         max_cost_usd: Some(50.0),
         ..Default::default()
     };
     operator::set_policy(&client, "spender", policy).await;
-    let hb = connect(&server.url()).await;
+    let hb = mesh.agent("spender").await;
     let mut cost = 0.0;
     // Report $10 more every beat until the gateway kills the agent (bounded: 20 beats).
     for _ in 0..20 {

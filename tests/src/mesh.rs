@@ -147,3 +147,19 @@ impl Mesh {
 fn read(path: PathBuf) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
+
+impl Drop for Mesh {
+    /// When a test fails, shows the permission violations the server logged: the first thing to
+    /// look at when a secured test times out.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let Ok(log) = std::fs::read_to_string(self.server.log_path()) else {
+            return;
+        };
+        for line in log.lines().filter(|l| l.contains("Violation")) {
+            eprintln!("nats-server: {line}");
+        }
+    }
+}

@@ -114,6 +114,22 @@ pub enum SendError {
         #[source]
         source: PublishError,
     },
+    /// JetStream's acknowledgement never came, and the client's inbox prefix is not the
+    /// agent's own: in a secured mesh the PubAck goes to `_INBOX_<id>` and nowhere else, so
+    /// sending again cannot help.
+    #[error(
+        "intent {intent_id} to {subject} got no acknowledgement, and this client's inbox prefix \
+         is {prefix:?}: in a secured mesh an agent receives its PubAcks only on {want:?}; \
+         connect with that inbox prefix (Agent::connect does)"
+    )]
+    InboxPrefix {
+        subject: String,
+        intent_id: String,
+        prefix: String,
+        want: String,
+        #[source]
+        source: PublishError,
+    },
 }
 
 impl SendError {
@@ -161,10 +177,21 @@ impl Agent {
             headers.insert(MESH_COST, cost.to_string().as_str());
         }
         let subject = self.subjects.intent(&self.id, to, action);
+        let want = format!("_INBOX_{}", self.id);
         let wrap = |source: PublishError| {
+            let inbox = self.client.new_inbox();
+            let prefix = inbox.rsplit_once('.').map_or(inbox.as_str(), |(p, _)| p);
             if source.kind() == PublishErrorKind::StreamNotFound {
                 SendError::NoStream {
                     subject: subject.clone(),
+                    source,
+                }
+            } else if source.kind() == PublishErrorKind::TimedOut && prefix != want {
+                SendError::InboxPrefix {
+                    subject: subject.clone(),
+                    intent_id: intent_id.clone(),
+                    prefix: prefix.to_string(),
+                    want: want.clone(),
                     source,
                 }
             } else {

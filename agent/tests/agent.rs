@@ -404,3 +404,34 @@ async fn heartbeats_carry_the_instance_and_the_cumulative_cost_until_stopped() {
     assert_eq!(last.get("pod-1"), Some(&100.75), "{last:?}");
     assert_eq!(last.get("pod-2"), Some(&3.0), "{last:?}");
 }
+
+#[tokio::test]
+async fn an_agent_on_the_default_inbox_prefix_is_told_why_its_sends_go_unacknowledged() {
+    let mesh = Mesh::start();
+    jetstream::new(mesh.gateway_client().await)
+        .create_stream(stream::Config {
+            name: "MESH_INTENTS".into(),
+            subjects: vec!["mesh.intent.*.*.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+    // Its own credentials, but the client library's default inbox prefix (`_INBOX`), where it
+    // may not subscribe: the PubAck cannot reach it.
+    let creds = mesh.agent_creds("lost").expect("creds");
+    let client = async_nats::ConnectOptions::with_credentials(&creds)
+        .expect("creds parse")
+        .connect(mesh.url())
+        .await
+        .expect("connect");
+    let lost = Agent::new(client, id("lost"));
+    let err = lost
+        .send(&id("bob"), "do", "x")
+        .await
+        .expect_err("no PubAck");
+    assert!(
+        matches!(err, SendError::InboxPrefix { ref want, .. } if want == "_INBOX_lost"),
+        "{err}"
+    );
+    assert!(!err.is_retryable());
+}

@@ -164,7 +164,13 @@ pub async fn run(args: Args, ctx: &mut Ctx) -> Result<(), CliError> {
             .chain(gateway.as_ref().map(|g| g.log.clone()))
             .collect(),
         subjects: Subjects::new(&ctx.cfg.names.prefix),
-        kill: format!("mesh-cli --nats-url {url} kill <id> --reason \"...\""),
+        kill: match &operator_creds {
+            Some(creds) => format!(
+                "mesh-cli --nats-url {url} --creds {} kill <id> --reason \"...\"",
+                creds.display()
+            ),
+            None => format!("mesh-cli --nats-url {url} kill <id> --reason \"...\""),
+        },
         secured: secured.is_some(),
         add_agent: auth_dir.as_ref().map(|d| {
             format!(

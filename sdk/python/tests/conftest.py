@@ -1,7 +1,7 @@
 """A real mesh for the suite: `mesh-cli up --json` (a secured nats-server on a free port and one
 gateway) in a temporary directory, stopped at the end. No mocks.
 
-Binaries: `MESH_CLI` (default `<repo>/target/debug/mesh-cli`, with mesh-gateway beside it) and
+Binaries: `AGENT_MESH_CLI` (default `<repo>/target/debug/mesh-cli`, with mesh-gateway beside it) and
 `MESH_NATS_SERVER` (default: `scripts/install-nats`). The gateway's request timeout is shortened
 to 1 s (`MESH_REQUEST_TIMEOUT`, which `mesh-cli up` passes on to the gateway), so that
 redeliveries come back quickly.
@@ -27,7 +27,7 @@ REQUEST_TIMEOUT_S = 1.0
 
 
 def _mesh_cli() -> str:
-    path = os.environ.get("MESH_CLI") or str(ROOT / "target" / "debug" / "mesh-cli")
+    path = os.environ.get("AGENT_MESH_CLI") or str(ROOT / "target" / "debug" / "mesh-cli")
     if not os.path.isfile(path):
         pytest.exit(f"{path} not found: run `cargo build -p mesh-cli -p mesh-gateway` first", returncode=2)
     return path

@@ -1,7 +1,7 @@
 // A real mesh for the suite: `mesh-cli up --json` (a secured nats-server on a free port and one
 // gateway) in a temporary directory, stopped at the end. No mocks.
 //
-// Binaries: MESH_CLI (default <repo>/target/debug/mesh-cli, mesh-gateway beside it) and
+// Binaries: AGENT_MESH_CLI (default <repo>/target/debug/mesh-cli, mesh-gateway beside it) and
 // MESH_NATS_SERVER (default: scripts/install-nats). The gateway's request timeout is shortened
 // to 1 s (MESH_REQUEST_TIMEOUT, which `mesh-cli up` passes on to the gateway), so that
 // redeliveries come back quickly.
@@ -35,7 +35,7 @@ export class Mesh {
   }
 
   static async start() {
-    const cli = process.env.MESH_CLI || join(ROOT, "target", "debug", "mesh-cli");
+    const cli = process.env.AGENT_MESH_CLI || join(ROOT, "target", "debug", "mesh-cli");
     if (!existsSync(cli)) throw new Error(`${cli} not found: run \`cargo build -p mesh-cli -p mesh-gateway\` first`);
     const natsServer =
       process.env.MESH_NATS_SERVER || execFileSync(join(ROOT, "scripts", "install-nats"), { encoding: "utf8" }).trim();

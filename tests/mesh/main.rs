@@ -11,3 +11,4 @@ mod health;
 mod kill;
 mod park;
 mod policy;
+mod sdk;

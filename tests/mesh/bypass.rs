@@ -11,6 +11,51 @@ use mesh_tests::gateways::{wait_live, GatewayTask};
 use mesh_tests::{init_tracing, operator, Mesh, DEADLINE};
 use tokio::sync::mpsc::UnboundedReceiver;
 
+/// A secured mesh with one in-process gateway, an operator client, and the agent `victim`
+/// recording everything delivered to it.
+struct Scene {
+    mesh: Mesh,
+    _gw: GatewayTask,
+    op: async_nats::Client,
+    to_victim: Recorder,
+    _victim: tokio::task::JoinHandle<()>,
+}
+
+async fn scene() -> Scene {
+    init_tracing();
+    let mesh = Mesh::start();
+    let _gw = GatewayTask::start_in(&mesh, "gw1", |_| {}).await;
+    let op = mesh.operator().await;
+    wait_live(&op, &["gw1"]).await;
+    let to_victim = Recorder::default();
+    let _victim = agents::serve(
+        &mesh.agent("victim").await,
+        "victim",
+        "v1",
+        to_victim.clone(),
+        true,
+    )
+    .await;
+    Scene {
+        mesh,
+        _gw,
+        op,
+        to_victim,
+        _victim,
+    }
+}
+
+/// The next error the server reports to a connection (a permissions violation, say).
+async fn next_server_error(events: &mut UnboundedReceiver<Event>) -> String {
+    loop {
+        match tokio::time::timeout(DEADLINE, events.recv()).await {
+            Ok(Some(Event::ServerError(e))) => return e.to_string(),
+            Ok(Some(_)) => continue,
+            other => panic!("the server reported no error: {other:?}"),
+        }
+    }
+}
+
 /// The rogue's connection and the server errors it receives.
 struct Rogue {
     client: async_nats::Client,
@@ -20,13 +65,7 @@ struct Rogue {
 impl Rogue {
     /// The next permission violation the server reports to this connection.
     async fn violation(&mut self) -> String {
-        loop {
-            match tokio::time::timeout(DEADLINE, self.events.recv()).await {
-                Ok(Some(Event::ServerError(e))) => return e.to_string(),
-                Ok(Some(_)) => continue,
-                other => panic!("the server reported no violation: {other:?}"),
-            }
-        }
+        next_server_error(&mut self.events).await
     }
 
     async fn publish_refused(&mut self, subject: &str) {
@@ -57,21 +96,13 @@ impl Rogue {
 
 #[tokio::test]
 async fn nats_refuses_every_way_around_the_gateway_and_the_kill_holds() {
-    init_tracing();
-    let mesh = Mesh::start();
-    let _gw = GatewayTask::start_in(&mesh, "gw1", |_| {}).await;
-    let op = mesh.operator().await;
-    wait_live(&op, &["gw1"]).await;
-
-    let to_victim = Recorder::default();
-    let _victim = agents::serve(
-        &mesh.agent("victim").await,
-        "victim",
-        "v1",
-        to_victim.clone(),
-        true,
-    )
-    .await;
+    let Scene {
+        mesh,
+        _gw,
+        op,
+        to_victim,
+        _victim,
+    } = scene().await;
     let (client, events) = mesh.agent_watched("rogue").await;
     let mut rogue = Rogue { client, events };
     let rejected = agents::rejections(&rogue.client, "rogue").await;
@@ -179,20 +210,13 @@ async fn nats_refuses_every_way_around_the_gateway_and_the_kill_holds() {
 
 #[tokio::test]
 async fn headers_an_agent_sets_never_change_who_sent_it() {
-    init_tracing();
-    let mesh = Mesh::start();
-    let _gw = GatewayTask::start_in(&mesh, "gw1", |_| {}).await;
-    let op = mesh.operator().await;
-    wait_live(&op, &["gw1"]).await;
-    let to_victim = Recorder::default();
-    let _v = agents::serve(
-        &mesh.agent("victim").await,
-        "victim",
-        "v1",
-        to_victim.clone(),
-        true,
-    )
-    .await;
+    let Scene {
+        mesh,
+        _gw,
+        op: _,
+        to_victim,
+        _victim,
+    } = scene().await;
 
     let mut h = HeaderMap::new();
     h.insert("Nats-Msg-Id", "m-1");
@@ -324,20 +348,13 @@ async fn a_revoked_agent_is_cut_off_and_its_inbound_work_kept() {
 /// work as they are with a Python client.
 #[tokio::test]
 async fn a_nats_py_rogue_is_refused_the_same_way() {
-    init_tracing();
-    let mesh = Mesh::start();
-    let _gw = GatewayTask::start_in(&mesh, "gw1", |_| {}).await;
-    let op = mesh.operator().await;
-    wait_live(&op, &["gw1"]).await;
-    let to_victim = Recorder::default();
-    let _victim = agents::serve(
-        &mesh.agent("victim").await,
-        "victim",
-        "v1",
-        to_victim.clone(),
-        true,
-    )
-    .await;
+    let Scene {
+        mesh,
+        _gw,
+        op,
+        to_victim,
+        _victim,
+    } = scene().await;
     let mut rejected = op
         .subscribe("mesh.agent.rogue.rejected")
         .await
@@ -490,13 +507,7 @@ async fn overlapping_subscriptions_use_up_the_reply_and_mesh_agent_avoids_them()
         .expect("delivery");
     let reply = msg.reply.expect("a request");
     naive.publish(reply.clone(), "".into()).await.expect("sent");
-    let refusal = loop {
-        match tokio::time::timeout(DEADLINE, events.recv()).await {
-            Ok(Some(Event::ServerError(e))) => break e.to_string(),
-            Ok(Some(_)) => continue,
-            other => panic!("the reply was not refused: {other:?}"),
-        }
-    };
+    let refusal = next_server_error(&mut events).await;
     assert!(
         refusal.contains(&format!("Permissions Violation for Publish to \"{reply}\"")),
         "{refusal}"

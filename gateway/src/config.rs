@@ -10,6 +10,7 @@
 mod flags;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -82,6 +83,8 @@ pub struct GatewayConfig {
     /// Longest wait between retries of a delivery that found no responder or timed out.
     #[serde(with = "humantime_serde")]
     pub max_retry_backoff: Duration,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (e.g. `0.0.0.0:9464`); off when unset.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Default for GatewayConfig {
@@ -110,6 +113,7 @@ impl Default for GatewayConfig {
             pin_timeout: Duration::from_secs(20),
             drain_grace: Duration::from_secs(10),
             max_retry_backoff: Duration::from_secs(2),
+            metrics_addr: None,
         }
     }
 }
@@ -362,6 +366,17 @@ mod tests {
         cfg.set_connection(c.clone());
         assert_eq!(cfg.nats_creds, Some(PathBuf::from("/etc/mesh/gw.creds")));
         assert_eq!(cfg.connection(), c);
+    }
+
+    #[test]
+    fn metrics_addr_is_off_by_default_and_set_by_the_environment() {
+        assert_eq!(GatewayConfig::default().metrics_addr, None);
+        let cfg = GatewayConfig::load(None, env(&[("MESH_METRICS_ADDR", "127.0.0.1:9464")]))
+            .expect("loads");
+        assert_eq!(
+            cfg.metrics_addr,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9464)))
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use mesh_schemas::headers::{MESH_ACTION, MESH_ATTEMPT, MESH_FROM, MESH_INTENT_ID
 use mesh_schemas::AgentId;
 
 use crate::gate::{Gate, GateState, InFlight};
+use crate::metrics::Metrics;
 use crate::reject::Refusal;
 use crate::worker::Shared;
 
@@ -84,6 +85,7 @@ pub async fn deliver(
         }
         let flight = InFlight::enter(from.clone(), to.clone());
         if to.is_killed() {
+            shared.metrics.held.inc();
             return Outcome::HandBack(Box::new(item));
         }
         let killed = match from.state() {
@@ -126,6 +128,8 @@ pub async fn deliver(
                 },
             }
         } else {
+            let started = Instant::now();
+            let counted = shared.metrics.in_flight();
             let result = shared
                 .client
                 .send_request(
@@ -137,8 +141,11 @@ pub async fn deliver(
                 )
                 .await;
             drop(flight);
+            drop(counted);
             match result {
                 Ok(_reply) => {
+                    shared.metrics.delivered.inc();
+                    Metrics::observe(&shared.metrics.delivery_seconds, started.elapsed());
                     if let Err(e) = item.msg.ack().await {
                         // The agent has it; a redelivery will be deduplicated by intent id.
                         tracing::warn!(error = %e, seq = item.seq, "ack after delivery failed");
@@ -146,11 +153,16 @@ pub async fn deliver(
                     return Outcome::Done;
                 }
                 Err(e) => {
-                    let why = match e.kind() {
-                        RequestErrorKind::NoResponders => "no instance serves the inbox",
-                        RequestErrorKind::TimedOut => "the agent did not reply in time",
-                        _ => "the request failed",
+                    let (why, label) = match e.kind() {
+                        RequestErrorKind::NoResponders => {
+                            ("no instance serves the inbox", "no_responders")
+                        }
+                        RequestErrorKind::TimedOut => {
+                            ("the agent did not reply in time", "timeout")
+                        }
+                        _ => ("the request failed", "error"),
                     };
+                    shared.metrics.failed(label);
                     tracing::debug!(to = %item.to, seq = item.seq, attempt, why, "delivery failed");
                     if on_failure == OnFailure::GiveBack {
                         return Outcome::Unreachable(Box::new(item));
@@ -242,7 +254,16 @@ async fn admit(shared: &Shared, item: &Item, from: &Gate) -> Verdict {
         Ok(Err(breach)) => breach,
         Err(e) => return Verdict::Retry(e.to_string()),
     };
-    match from_policy.policy.on_breach.unwrap_or_default() {
+    let on_breach = from_policy.policy.on_breach.unwrap_or_default();
+    shared.metrics.breach(
+        breach.rule,
+        match on_breach {
+            OnBreach::Kill => "kill",
+            OnBreach::Block => "block",
+            OnBreach::Observe => "observe",
+        },
+    );
+    match on_breach {
         OnBreach::Kill => {
             crate::autokill::kill(shared, &item.from, breach.rule, &breach.detail).await;
             Verdict::Refuse(Refusal::Forbidden(format!(

@@ -308,6 +308,7 @@ async fn fence(shared: Arc<Shared>, id: AgentId, state: GateState) {
         },
     );
     ack.took_us = started.elapsed().as_micros() as u64;
+    crate::metrics::Metrics::observe(&shared.metrics.fence_seconds, started.elapsed());
     match encode(&ack) {
         Ok(bytes) => {
             if let Err(e) = shared

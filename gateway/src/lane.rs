@@ -24,6 +24,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::header::NATS_PIN_ID;
 use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
@@ -248,6 +249,8 @@ impl Lane {
                 return;
             }
         };
+        let pin = msg.headers.as_ref().and_then(|h| h.get_last(NATS_PIN_ID));
+        self.shared.metrics.saw_pin(pin.map(|v| v.as_str()));
         if self.last_message.elapsed() >= REFRESH_AFTER_IDLE {
             self.parked_known = false;
         }

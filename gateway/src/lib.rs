@@ -23,6 +23,9 @@
 //! - [`autokill`]: a breach writes a kill record like an operator would.
 //! - [`server_version`]: the nats-server releases the mesh supports; a warning at start.
 //!
+//! Seeing it: [`metrics`] (counters, histograms, states for Prometheus) and [`http`] (`/metrics`,
+//! `/healthz`, `/readyz` on `metrics_addr`).
+//!
 //! Around them: [`config`] (layered configuration), [`setup`] (streams, buckets, consumers) and
 //! [`run`], which wires a replica together and drains it on shutdown.
 #![forbid(unsafe_code)]
@@ -33,8 +36,10 @@ pub mod deliver;
 pub mod discover;
 pub mod gate;
 pub mod health;
+pub mod http;
 pub mod killwatch;
 pub mod lane;
+pub mod metrics;
 pub mod park;
 pub mod policy;
 pub mod presence;
@@ -61,16 +66,55 @@ pub enum GatewayError {
     Setup(#[from] SetupError),
     #[error("invalid subject prefix: {0}")]
     Prefix(#[from] mesh_schemas::SubjectError),
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Runs one gateway replica on `client` until `shutdown` resolves, then drains: stops pulling,
 /// lets in-flight deliveries finish for up to `drain_grace`, hands the rest back to JetStream.
+/// Serves metrics and probes on `metrics_addr` when it is set.
 pub async fn run(
     client: async_nats::Client,
     cfg: GatewayConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GatewayError> {
     cfg.validate()?;
+    let listener = match cfg.metrics_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| GatewayError::Metrics { addr, source })?,
+        ),
+        None => None,
+    };
+    run_with_listener(client, cfg, listener, shutdown).await
+}
+
+/// [`run`], serving metrics and probes on `listener` (if any) instead of `metrics_addr`: a test
+/// binds port 0 and reads the port from the listener.
+pub async fn run_with_listener(
+    client: async_nats::Client,
+    cfg: GatewayConfig,
+    listener: Option<tokio::net::TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), GatewayError> {
+    cfg.validate()?;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let observed = http::Observed::new(metrics.clone());
+    // Up before the streams are set up, so that /healthz answers (and /readyz says 503) while
+    // NATS is not there yet.
+    let http_cancel = CancellationToken::new();
+    let _http_stop = http_cancel.clone().drop_guard();
+    if let Some(listener) = listener {
+        match listener.local_addr() {
+            Ok(addr) => tracing::info!(%addr, "serving /metrics, /healthz and /readyz"),
+            Err(e) => tracing::warn!(error = %e, "metrics listener has no address"),
+        }
+        tokio::spawn(http::serve(listener, observed.clone(), http_cancel));
+    }
     let js = jetstream::new(client.clone());
     let objects = setup::ensure(&js, &cfg).await?;
     // Connected for sure now (JetStream answered), so the server's INFO is in.
@@ -85,6 +129,7 @@ pub async fn run(
             js: js.clone(),
             subjects: subjects.clone(),
             gateway_id: gateway_id.clone(),
+            metrics: metrics.clone(),
         },
         cfg: Arc::new(cfg),
         subjects,
@@ -101,7 +146,10 @@ pub async fn run(
         budget: policy::budget::Budget::new(budget_kv),
         health: Arc::new(health::HealthView::default()),
         live: std::sync::Mutex::new(Vec::new()),
+        metrics,
     });
+    // The endpoints read this replica from now on.
+    let _ = observed.replica.set(shared.clone());
     tracing::info!(gateway = %gateway_id, "gateway starting");
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(killwatch::run(shared.clone()));

@@ -26,6 +26,10 @@ struct Args {
     /// Replicas of the streams and buckets the gateway creates (3 in a cluster).
     #[arg(long)]
     replicas: Option<usize>,
+    /// Serve /metrics, /healthz and /readyz on this address (e.g. 0.0.0.0:9464); also
+    /// MESH_METRICS_ADDR. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -51,6 +55,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(r) = args.replicas {
         cfg.replicas = r;
+    }
+    if args.metrics_addr.is_some() {
+        cfg.metrics_addr = args.metrics_addr;
     }
     cfg.validate()?;
     // Two cores: a current-thread runtime was as fast as the multi-thread one for this load.

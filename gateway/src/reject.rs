@@ -50,6 +50,8 @@ pub struct Rejector {
     pub js: jetstream::Context,
     pub subjects: Subjects,
     pub gateway_id: String,
+    /// Counts rejections by status and reason class.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl Rejector {
@@ -92,6 +94,7 @@ impl Rejector {
         event.subject = Some(subject.to_string());
         event.status = Some(refusal.status());
         self.audit(&event, &format!("reject-{stream_seq}")).await?;
+        self.metrics.rejected(refusal);
 
         if let Some(from) = from {
             let notice =

@@ -58,6 +58,8 @@ pub struct Shared {
     pub health: Arc<crate::health::HealthView>,
     /// Ids of the live replicas (this one included), sorted; refreshed by presence.
     pub live: std::sync::Mutex<Vec<String>>,
+    /// Counters and histograms for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Shared {

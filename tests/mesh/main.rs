@@ -9,6 +9,7 @@ mod crash;
 mod delivery;
 mod health;
 mod kill;
+mod metrics;
 mod park;
 mod policy;
 mod sdk;

@@ -64,10 +64,32 @@ impl GatewayTask {
         Self::run(client, cfg, id)
     }
 
+    /// Starts a replica on `mesh` that serves `/metrics`, `/healthz` and `/readyz` on a free
+    /// port of 127.0.0.1; returns it with the address.
+    pub async fn start_observed(mesh: &crate::Mesh, id: &str) -> (Self, std::net::SocketAddr) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a free port");
+        let addr = listener.local_addr().expect("bound address");
+        let mut cfg = test_config(&mesh.url(), id);
+        cfg.nats_creds = mesh.gateway_creds();
+        let client = mesh.gateway_client().await;
+        (Self::run_on(client, cfg, id, Some(listener)), addr)
+    }
+
     fn run(client: async_nats::Client, cfg: GatewayConfig, id: &str) -> Self {
+        Self::run_on(client, cfg, id, None)
+    }
+
+    fn run_on(
+        client: async_nats::Client,
+        cfg: GatewayConfig,
+        id: &str,
+        listener: Option<tokio::net::TcpListener>,
+    ) -> Self {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
-            mesh_gateway::run(client, cfg, async {
+            mesh_gateway::run_with_listener(client, cfg, listener, async {
                 let _ = rx.await;
             })
             .await

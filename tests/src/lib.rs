@@ -12,9 +12,11 @@
 //! - [`mesh`]: [`Mesh`], a secured nats-server with a client per role (agent, gateway,
 //!   operator); open mode on request.
 //! - [`operator`]: kill and resume with fence confirmation; audit reading.
+//! - [`http`]: a plain HTTP GET, for a replica's `/metrics` and probes.
 
 pub mod agents;
 pub mod gateways;
+pub mod http;
 pub mod mesh;
 pub mod operator;
 

@@ -3,7 +3,7 @@
 //! answers while the process runs.
 
 use mesh_tests::agents::{self, Recorder};
-use mesh_tests::gateways::{wait_live, GatewayTask};
+use mesh_tests::gateways::{wait_live, GatewayProcess, GatewayTask};
 use mesh_tests::http::{get, sample};
 use mesh_tests::{eventually, init_tracing, operator, Mesh};
 
@@ -93,4 +93,36 @@ async fn readyz_follows_the_fail_closed_state() {
     .await;
     assert_eq!(status("/nope").await, Some(404));
     gw.stop().await;
+}
+
+/// The same as a real `mesh-gateway` process with `--metrics-addr`: ready, 503 while NATS is
+/// gone (failing closed), ready again after the replay; a clean stop.
+#[tokio::test]
+async fn a_gateway_process_serves_its_probes() {
+    init_tracing();
+    let mesh = Mesh::start();
+    let (mut gw, addr) = GatewayProcess::start_observed_in(&mesh, "gw1");
+    let status = |path: &'static str| async move { get(addr, path).await.map(|(s, _)| s).ok() };
+    eventually("process ready", || async {
+        status("/readyz").await == Some(200)
+    })
+    .await;
+    mesh.server.stop();
+    eventually("process not ready while failing closed", || async {
+        status("/readyz").await == Some(503)
+    })
+    .await;
+    assert_eq!(status("/healthz").await, Some(200));
+    mesh.server.restart();
+    eventually("process ready again", || async {
+        status("/readyz").await == Some(200)
+    })
+    .await;
+    let (_, text) = get(addr, "/metrics").await.expect("scrape");
+    assert_eq!(
+        sample(&text, "mesh_gateway_kill_state_known"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(gw.terminate().success());
 }

@@ -131,22 +131,51 @@ impl GatewayProcess {
     /// Starts `mesh-gateway` against an open server at `url` with the test settings, as
     /// environment variables.
     pub fn start(url: &str, id: &str) -> Self {
-        Self::spawn(url, None, id)
+        Self::spawn(url, None, id, false).0
     }
 
     /// Starts `mesh-gateway` on `mesh` with the gateways' credentials.
     pub fn start_in(mesh: &crate::Mesh, id: &str) -> Self {
-        Self::spawn(&mesh.url(), mesh.gateway_creds(), id)
+        Self::spawn(&mesh.url(), mesh.gateway_creds(), id, false).0
     }
 
-    fn spawn(url: &str, creds: Option<PathBuf>, id: &str) -> Self {
+    /// Starts `mesh-gateway` on `mesh` with `--metrics-addr 127.0.0.1:0`; returns it with the
+    /// address it bound, read from its log line (so no port is guessed or fixed).
+    pub fn start_observed_in(mesh: &crate::Mesh, id: &str) -> (Self, std::net::SocketAddr) {
+        let (gw, addr) = Self::spawn(&mesh.url(), mesh.gateway_creds(), id, true);
+        let addr = addr
+            .expect("a listener")
+            .recv_timeout(crate::DEADLINE)
+            .expect("mesh-gateway logs the metrics address");
+        (gw, addr)
+    }
+
+    fn spawn(
+        url: &str,
+        creds: Option<PathBuf>,
+        id: &str,
+        observed: bool,
+    ) -> (
+        Self,
+        Option<std::sync::mpsc::Receiver<std::net::SocketAddr>>,
+    ) {
         let cfg = test_config(url, id);
         let ms = |d: Duration| format!("{}ms", d.as_millis());
         let mut cmd = Command::new(gateway_binary());
         if let Some(creds) = creds {
             cmd.env("MESH_NATS_CREDS", creds);
         }
-        let child = cmd
+        let log = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+        if observed {
+            cmd.arg("--metrics-addr")
+                .arg("127.0.0.1:0")
+                .env("RUST_LOG", format!("{log},mesh_gateway=info"))
+                .env("NO_COLOR", "1")
+                .stderr(Stdio::piped());
+        } else {
+            cmd.env("RUST_LOG", log);
+        }
+        let mut child = cmd
             .arg("--nats-url")
             .arg(url)
             .arg("--gateway-id")
@@ -157,17 +186,19 @@ impl GatewayProcess {
             .env("MESH_MAX_RETRY_BACKOFF", ms(cfg.max_retry_backoff))
             .env("MESH_DRAIN_GRACE", ms(cfg.drain_grace))
             .env("MESH_PRESENCE_INTERVAL", ms(cfg.presence_interval))
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn mesh-gateway");
-        GatewayProcess {
+        let addr = child.stderr.take().map(|stderr| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || forward_log(stderr, tx));
+            rx
+        });
+        let gw = GatewayProcess {
             id: id.to_string(),
             child,
-        }
+        };
+        (gw, addr)
     }
 
     /// SIGKILL: a crash, no drain.
@@ -190,6 +221,30 @@ impl Drop for GatewayProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Passes a gateway's log through to stderr, except its info lines, and sends the metrics
+/// address it logs.
+fn forward_log(
+    stderr: std::process::ChildStderr,
+    tx: std::sync::mpsc::Sender<std::net::SocketAddr>,
+) {
+    use std::io::BufRead;
+    for line in std::io::BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+    {
+        if line.contains("serving /metrics") {
+            let addr = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("addr=")?.parse().ok());
+            if let Some(addr) = addr {
+                let _ = tx.send(addr);
+            }
+        } else if !line.contains(" INFO ") {
+            eprintln!("{line}");
+        }
     }
 }
 

@@ -144,12 +144,13 @@ pub async fn deliver(
             drop(counted);
             match result {
                 Ok(_reply) => {
-                    shared.metrics.delivered.inc();
                     Metrics::observe(&shared.metrics.delivery_seconds, started.elapsed());
                     if let Err(e) = item.msg.ack().await {
                         // The agent has it; a redelivery will be deduplicated by intent id.
                         tracing::warn!(error = %e, seq = item.seq, "ack after delivery failed");
                     }
+                    // After the ack: a scrape that sees the count sees the ack sent, too.
+                    shared.metrics.delivered.inc();
                     return Outcome::Done;
                 }
                 Err(e) => {

@@ -202,8 +202,10 @@ async fn snapshot(shared: &Shared) -> Snapshot {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .len();
+    let shared_lane = shared_lane(shared).await;
     Snapshot {
-        active: active(shared).await,
+        active: shared_lane.as_ref().map(|(active, _)| *active),
+        pending: shared_lane.map(|(_, pending)| pending),
         nats_connected: shared.client.connection_state()
             == async_nats::connection::State::Connected,
         kill_state_known: shared.gates.is_ready(),
@@ -215,9 +217,10 @@ async fn snapshot(shared: &Shared) -> Snapshot {
     }
 }
 
-/// Whether the shared consumer is pinned to this replica: its pin id is the one this replica's
-/// lane last received with. `None` when the consumer cannot be read.
-async fn active(shared: &Shared) -> Option<bool> {
+/// Whether the shared consumer is pinned to this replica (its pin id is the one this replica's
+/// lane last received with), and its pending and unacknowledged counts. `None` when the
+/// consumer cannot be read.
+async fn shared_lane(shared: &Shared) -> Option<(bool, (u64, u64))> {
     let name = shared.cfg.names.delivery_consumer();
     let lookup = async {
         let mut consumer = shared
@@ -234,5 +237,7 @@ async fn active(shared: &Shared) -> Option<bool> {
         .priority_groups
         .iter()
         .find_map(|g| g.pinned_client_id.clone());
-    Some(mine.is_some() && pinned == mine)
+    let unacked = u64::try_from(info.num_ack_pending).unwrap_or(u64::MAX);
+    let pending = (info.num_pending, unacked);
+    Some((mine.is_some() && pinned == mine, pending))
 }

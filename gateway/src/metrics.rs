@@ -77,6 +77,8 @@ pub struct Metrics {
     ready: Gauge,
     parked: Gauge,
     killed: Gauge,
+    pending: Gauge,
+    unacked: Gauge,
     health: Family<StateLabels, Gauge>,
     /// The `Nats-Pin-Id` of the last message this replica's lane received: if the shared
     /// consumer is pinned to it, this replica is the active one.
@@ -98,6 +100,9 @@ pub struct Snapshot {
     pub parked: usize,
     /// Agents this replica knows as killed.
     pub killed: usize,
+    /// Intents waiting in the stream for the shared lane, and those it holds unacknowledged
+    /// (mesh-wide, read from the shared consumer); `None` when it cannot be read.
+    pub pending: Option<(u64, u64)>,
     /// Agents by health state (healthy, degraded, unreachable, killed).
     pub health: Vec<(&'static str, usize)>,
 }
@@ -209,6 +214,18 @@ impl Metrics {
             "Agents this replica knows as killed",
             killed.clone(),
         );
+        let pending = Gauge::default();
+        r.register(
+            "intents_pending",
+            "Intents waiting in the stream for the shared lane (mesh-wide; parked recipients' intents excluded)",
+            pending.clone(),
+        );
+        let unacked = Gauge::default();
+        r.register(
+            "intents_unacked",
+            "Intents the shared lane holds unacknowledged (mesh-wide: queued or in flight)",
+            unacked.clone(),
+        );
         let health = Family::<StateLabels, Gauge>::default();
         r.register(
             "agents_by_health",
@@ -232,6 +249,8 @@ impl Metrics {
             ready,
             parked,
             killed,
+            pending,
+            unacked,
             health,
             pin_id: Mutex::new(None),
         }
@@ -303,6 +322,10 @@ impl Metrics {
         self.ready.set(flag(snap.ready()));
         self.parked.set(count(snap.parked));
         self.killed.set(count(snap.killed));
+        if let Some((pending, unacked)) = snap.pending {
+            self.pending.set(i64::try_from(pending).unwrap_or(i64::MAX));
+            self.unacked.set(i64::try_from(unacked).unwrap_or(i64::MAX));
+        }
         for (state, n) in &snap.health {
             self.health
                 .get_or_create(&StateLabels { state })
@@ -370,6 +393,7 @@ mod tests {
             draining: false,
             parked: 2,
             killed: 1,
+            pending: Some((7, 2)),
             health: vec![("healthy", 3)],
         });
         for line in [
@@ -382,6 +406,8 @@ mod tests {
             "mesh_gateway_role{role=\"standby\"} 0",
             "mesh_gateway_ready 1",
             "mesh_gateway_parked_recipients 2",
+            "mesh_gateway_intents_pending 7",
+            "mesh_gateway_intents_unacked 2",
             "mesh_gateway_agents_by_health{state=\"healthy\"} 3",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");

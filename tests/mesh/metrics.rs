@@ -44,6 +44,8 @@ async fn metrics_count_deliveries_and_fences() {
         ("mesh_gateway_ready", 1.0),
         ("mesh_gateway_agents_killed", 1.0),
         ("mesh_gateway_parked_recipients", 0.0),
+        ("mesh_gateway_intents_pending", 0.0),
+        ("mesh_gateway_intents_unacked", 0.0),
     ] {
         assert_eq!(sample(&text, series), Some(want), "{series} in\n{text}");
     }

@@ -212,19 +212,18 @@ async fn admit(shared: &Shared, item: &Item, from: &Gate) -> Verdict {
         return Verdict::Refuse(Refusal::Forbidden(format!("not allowed by policy: {why}")));
     }
     if let Some(rate) = from_policy.rate {
-        let limiter = shared.rates.limiter(
-            &item.from,
-            rate,
-            from_policy.policy.burst,
-            shared.live_replicas(),
-        );
-        // Throttle by waiting: the sender's queue does not advance, nothing is dropped.
+        // Throttle by waiting: the sender's queue does not advance, nothing is dropped. The
+        // bucket is mesh-wide, whichever replica delivers.
         let mut from_rx = from.subscribe();
         if from.is_killed() {
             return Verdict::Recheck;
         }
         tokio::select! {
-            _ = limiter.until_ready() => {}
+            taken = shared.rates.acquire(&item.from, rate, from_policy.policy.burst) => {
+                if let Err(e) = taken {
+                    return Verdict::Retry(e.to_string());
+                }
+            }
             _ = from_rx.changed() => return Verdict::Recheck,
             _ = shared.cancel.cancelled() => return Verdict::Recheck,
         }

@@ -97,7 +97,7 @@ pub async fn run(
         workers: std::sync::Mutex::new(Default::default()),
         tracker: tokio_util::task::TaskTracker::new(),
         policies: Arc::new(policy::PolicyBook::default()),
-        rates: policy::rate::RateLimits::default(),
+        rates: policy::rate::RateLimits::new(budget_kv.clone()),
         budget: policy::budget::Budget::new(budget_kv),
         health: Arc::new(health::HealthView::default()),
         live: std::sync::Mutex::new(Vec::new()),

@@ -50,7 +50,7 @@ pub struct Shared {
     pub tracker: tokio_util::task::TaskTracker,
     /// Policies, hot-reloaded.
     pub policies: Arc<crate::policy::PolicyBook>,
-    /// Per-sender rate limiters.
+    /// Per-sender rate buckets (mesh-wide, in `mesh-counters`).
     pub rates: crate::policy::rate::RateLimits,
     /// Mesh-wide caps and ceilings.
     pub budget: crate::policy::budget::Budget,

@@ -11,4 +11,5 @@ mod health;
 mod kill;
 mod park;
 mod policy;
+mod rate;
 mod sdk;

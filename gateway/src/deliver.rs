@@ -139,6 +139,7 @@ pub async fn deliver(
             drop(flight);
             match result {
                 Ok(_reply) => {
+                    shared.activity.received(&item.to);
                     if let Err(e) = item.msg.ack().await {
                         // The agent has it; a redelivery will be deduplicated by intent id.
                         tracing::warn!(error = %e, seq = item.seq, "ack after delivery failed");

@@ -145,6 +145,7 @@ pub async fn deliver(
             match result {
                 Ok(_reply) => {
                     Metrics::observe(&shared.metrics.delivery_seconds, started.elapsed());
+                    shared.activity.received(&item.to);
                     if let Err(e) = item.msg.ack().await {
                         // The agent has it; a redelivery will be deduplicated by intent id.
                         tracing::warn!(error = %e, seq = item.seq, "ack after delivery failed");
@@ -225,19 +226,18 @@ async fn admit(shared: &Shared, item: &Item, from: &Gate) -> Verdict {
         return Verdict::Refuse(Refusal::Forbidden(format!("not allowed by policy: {why}")));
     }
     if let Some(rate) = from_policy.rate {
-        let limiter = shared.rates.limiter(
-            &item.from,
-            rate,
-            from_policy.policy.burst,
-            shared.live_replicas(),
-        );
-        // Throttle by waiting: the sender's queue does not advance, nothing is dropped.
+        // Throttle by waiting: the sender's queue does not advance, nothing is dropped. The
+        // bucket is mesh-wide, whichever replica delivers.
         let mut from_rx = from.subscribe();
         if from.is_killed() {
             return Verdict::Recheck;
         }
         tokio::select! {
-            _ = limiter.until_ready() => {}
+            taken = shared.rates.acquire(&item.from, rate, from_policy.policy.burst) => {
+                if let Err(e) = taken {
+                    return Verdict::Retry(e.to_string());
+                }
+            }
             _ = from_rx.changed() => return Verdict::Recheck,
             _ = shared.cancel.cancelled() => return Verdict::Recheck,
         }

@@ -11,6 +11,7 @@
 //! - [`worker`]: the drain of one parked recipient's consumer; holds, retries, replays in order.
 //! - [`deliver`]: one intent's delivery: gate checks, policies, request, ack.
 //! - [`reject`]: rejection notices and audit records.
+//! - [`activity`]: the agents seen as senders or recipients, in `mesh-activity` for status.
 //!
 //! Control path (KV watch → gates → fence):
 //! - [`killwatch`]: follows `mesh-kill`, applies changes, fences and confirms them.
@@ -30,6 +31,7 @@
 //! [`run`], which wires a replica together and drains it on shutdown.
 #![forbid(unsafe_code)]
 
+pub mod activity;
 pub mod autokill;
 pub mod config;
 pub mod deliver;
@@ -142,9 +144,10 @@ pub async fn run_with_listener(
         workers: std::sync::Mutex::new(Default::default()),
         tracker: tokio_util::task::TaskTracker::new(),
         policies: Arc::new(policy::PolicyBook::default()),
-        rates: policy::rate::RateLimits::default(),
+        rates: policy::rate::RateLimits::new(budget_kv.clone()),
         budget: policy::budget::Budget::new(budget_kv),
         health: Arc::new(health::HealthView::default()),
+        activity: Arc::new(activity::Activity::default()),
         live: std::sync::Mutex::new(Vec::new()),
         metrics,
     });
@@ -158,6 +161,12 @@ pub async fn run_with_listener(
     tasks.spawn(discover::run(shared.clone()));
     tasks.spawn(policy::book::run(shared.clone()));
     tasks.spawn(health::run(shared.clone()));
+    tasks.spawn(activity::run(
+        shared.activity.clone(),
+        shared.objects.activity.clone(),
+        gateway_id.clone(),
+        cancel.clone(),
+    ));
 
     shutdown.await;
     tracing::info!(gateway = %gateway_id, "draining");

@@ -28,6 +28,8 @@ pub struct MeshObjects {
     pub policy: kv::Store,
     pub counters: kv::Store,
     pub health: kv::Store,
+    /// Agents seen on the data path (`mesh-activity`), for `mesh-cli status`.
+    pub activity: kv::Store,
 }
 
 /// A NATS object could not be created or has an incompatible configuration.
@@ -156,6 +158,11 @@ pub async fn ensure(
         bucket(&names.health_bucket, "agent health (from heartbeats)", 1),
     )
     .await?;
+    let activity = ensure_bucket(
+        js,
+        bucket(&names.activity_bucket, "agents seen on the data path", 1),
+    )
+    .await?;
     Ok(MeshObjects {
         intents,
         audit,
@@ -164,6 +171,7 @@ pub async fn ensure(
         policy,
         counters,
         health,
+        activity,
     })
 }
 

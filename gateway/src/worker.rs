@@ -50,12 +50,14 @@ pub struct Shared {
     pub tracker: tokio_util::task::TaskTracker,
     /// Policies, hot-reloaded.
     pub policies: Arc<crate::policy::PolicyBook>,
-    /// Per-sender rate limiters.
+    /// Per-sender rate buckets (mesh-wide, in `mesh-counters`).
     pub rates: crate::policy::rate::RateLimits,
     /// Mesh-wide caps and ceilings.
     pub budget: crate::policy::budget::Budget,
     /// Heartbeats and health.
     pub health: Arc<crate::health::HealthView>,
+    /// Agents seen as senders or recipients, written to `mesh-activity` for status.
+    pub activity: Arc<crate::activity::Activity>,
     /// Ids of the live replicas (this one included), sorted; refreshed by presence.
     pub live: std::sync::Mutex<Vec<String>>,
     /// Counters and histograms for `/metrics`.
@@ -598,6 +600,8 @@ pub(crate) fn check(
         );
         return Err((Some(parsed.from), Refusal::Invalid(why), id));
     }
+    let published = crate::activity::published_unix_ms(msg);
+    shared.activity.intent(&parsed.from, &parsed.to, published);
     Ok((parsed.to, parsed.from, parsed.action, id, cost))
 }
 

@@ -44,6 +44,24 @@ pub async fn current(store: &kv::Store, id: &AgentId) -> Result<Current, CliErro
     })
 }
 
+/// `id`'s counters for the current windows, from `all` (every key of the bucket and its value,
+/// as [`crate::scan::latest`] reads them): no round trip per agent.
+pub fn current_in(all: &std::collections::HashMap<String, bytes::Bytes>, id: &AgentId) -> Current {
+    let w = Windows::now(id);
+    let value = |key: &str| {
+        all.get(key)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(|t| t.trim().parse::<u64>().ok())
+    };
+    let usd = |v: Option<u64>| v.map(|m| m as f64 / MICRO);
+    Current {
+        intents_this_hour: value(&w.hour),
+        intents_today: value(&w.day),
+        cost_counted_today_usd: usd(value(&w.cost_day)),
+        cost_counted_total_usd: usd(value(&w.cost_total)),
+    }
+}
+
 /// One counter; `None` when it does not exist or does not hold a number (logged).
 async fn value(store: &kv::Store, key: &str) -> Result<Option<u64>, CliError> {
     let bytes = store

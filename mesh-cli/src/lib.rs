@@ -16,6 +16,7 @@
 //!   record the change (from, to) in the audit trail.
 //! - [`counters`]: the mesh-wide policy counters of an agent (read for `status`, reset on
 //!   `resume`).
+//! - [`scan`]: every key of a KV bucket in one pass (for `status` at 10,000 agents).
 //! - [`fence`]: live gateway replicas and waiting for their confirmations.
 //! - [`events`]: reading audit events from the audit stream (history and live).
 //! - [`local`]: finding and running nats-server and mesh-gateway processes for `up`.
@@ -38,6 +39,7 @@ pub mod local;
 pub mod mesh;
 pub mod output;
 pub mod policies;
+pub mod scan;
 pub mod switch;
 
 use std::collections::HashMap;

@@ -35,8 +35,8 @@ pub use id::{AgentId, InvalidAgentId};
 pub use names::MeshNames;
 pub use policy::{OnBreach, OnUnreachable, Policy, PolicyError, PolicyRecord, Rate};
 pub use records::{
-    AuditEvent, AuditKind, ControlNotice, FenceAck, GatewayPresence, HealthRecord, HealthState,
-    KillRecord, KillState, RejectionNotice,
+    ActivityRecord, AuditEvent, AuditKind, ControlNotice, FenceAck, GatewayPresence, HealthRecord,
+    HealthState, KillRecord, KillState, RejectionNotice,
 };
 pub use subjects::{IntentSubject, SubjectError, Subjects};
 

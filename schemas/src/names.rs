@@ -26,6 +26,8 @@ pub struct MeshNames {
     pub gateways_bucket: String,
     /// Mesh-wide policy counters (intents per window, cost), `mesh-counters`.
     pub counters_bucket: String,
+    /// Agents seen on the data path (sent or were sent an intent), `mesh-activity`.
+    pub activity_bucket: String,
 }
 
 impl Default for MeshNames {
@@ -39,6 +41,7 @@ impl Default for MeshNames {
             health_bucket: "mesh-health".to_string(),
             gateways_bucket: "mesh-gateways".to_string(),
             counters_bucket: "mesh-counters".to_string(),
+            activity_bucket: "mesh-activity".to_string(),
         }
     }
 }

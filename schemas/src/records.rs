@@ -344,3 +344,37 @@ impl HealthRecord {
         }
     }
 }
+
+/// The value of `mesh-activity[<id>.<gateway>]`: what one gateway replica has seen of an agent
+/// on the data path, so that `mesh-cli status` lists every agent that sent or was sent an
+/// intent, including one that never sent a heartbeat. Each replica writes its own key, at most
+/// once per interval per agent; readers take the latest of each field over the replicas.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[non_exhaustive]
+pub struct ActivityRecord {
+    pub agent: String,
+    /// The replica that wrote it.
+    pub gateway: String,
+    /// When the agent last published an intent that this replica took in (the intent's
+    /// stream timestamp), ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sent_unix_ms: Option<u64>,
+    /// When an intent to the agent was last published (stream timestamp), delivered or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_addressed_unix_ms: Option<u64>,
+    /// When the agent last acknowledged a delivery from this replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_received_unix_ms: Option<u64>,
+    pub at_unix_ms: u64,
+}
+
+impl ActivityRecord {
+    pub fn new(agent: impl Into<String>, gateway: impl Into<String>) -> Self {
+        ActivityRecord {
+            agent: agent.into(),
+            gateway: gateway.into(),
+            at_unix_ms: crate::now_unix_ms(),
+            ..ActivityRecord::default()
+        }
+    }
+}

@@ -20,6 +20,10 @@ fn generated() -> Vec<(&'static str, schemars::Schema)> {
             schemars::schema_for!(mesh_schemas::PolicyRecord),
         ),
         (
+            "activity-record",
+            schemars::schema_for!(mesh_schemas::ActivityRecord),
+        ),
+        (
             "health-record",
             schemars::schema_for!(mesh_schemas::HealthRecord),
         ),

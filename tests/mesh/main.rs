@@ -12,4 +12,5 @@ mod kill;
 mod metrics;
 mod park;
 mod policy;
+mod rate;
 mod sdk;

@@ -4,7 +4,7 @@
 //! - [`book`]: policies per agent and `_default`, merged and cached; bad records reported and
 //!   ignored (the last valid policy stays in force).
 //! - [`actions`]: allow/deny globs for sending and receiving.
-//! - [`rate`]: per-sender throttling with `governor`, split across live replicas.
+//! - [`rate`]: per-sender throttling, one token bucket per sender kept mesh-wide in KV.
 //! - [`budget`]: hourly/daily caps and cost ceilings, counted mesh-wide in KV before delivery.
 
 pub mod actions;

@@ -253,7 +253,8 @@ pub(crate) fn start_gateway(
         .env("MESH_NAMES__POLICY_BUCKET", &n.policy_bucket)
         .env("MESH_NAMES__HEALTH_BUCKET", &n.health_bucket)
         .env("MESH_NAMES__GATEWAYS_BUCKET", &n.gateways_bucket)
-        .env("MESH_NAMES__COUNTERS_BUCKET", &n.counters_bucket);
+        .env("MESH_NAMES__COUNTERS_BUCKET", &n.counters_bucket)
+        .env("MESH_NAMES__ACTIVITY_BUCKET", &n.activity_bucket);
     Proc::spawn("mesh-gateway", cmd, dir.join("mesh-gateway.log"))
 }
 

@@ -5,6 +5,7 @@
 mod agent;
 mod connection;
 mod policy;
+mod status;
 mod switch;
 mod up;
 mod usage;

@@ -10,6 +10,7 @@
 //! # Layout
 //!
 //! - [`params`]: the sizes and durations of a full and of a `--quick` run.
+//! - [`access`]: how clients connect: open, or each identity with credentials of its own.
 //! - [`traffic`]: agent and sender names, subjects, time-stamped payloads, the pair generator.
 //! - [`agents`]: the acknowledging agents: plain queue subscribers that count, time and reply.
 //! - [`load`]: the senders: windowed JetStream publishing, closed-loop, paced or counted.
@@ -21,6 +22,7 @@
 //! - [`machine`]: what the run ran on.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod agents;
 pub mod child;
 pub mod load;

@@ -8,11 +8,15 @@
 //! - [`replay`]: delivery rate of held intents released by a resume.
 //! - [`policy`]: throughput with policies on every agent against none (once the gateway has them).
 //! - [`scale`]: throughput, RSS and start time with 10, 1,000 and 10,000 agents.
+//! - [`secured`]: throughput and added latency of the mesh on a secured server against an open
+//!   one, in the same shape; [`mint`]: the cost of issuing agents' credentials.
 
 pub mod fence;
+pub mod mint;
 pub mod policy;
 pub mod replay;
 pub mod scale;
+pub mod secured;
 pub mod throughput;
 
 use std::time::Duration;

@@ -5,7 +5,8 @@
 //!
 //! The agents are spread over a few connections; each connection has one task that serves all
 //! of its subscriptions, so that ten thousand agents do not need ten thousand tasks. The same
-//! agents serve the baseline and the mesh.
+//! agents serve the baseline and the mesh. In the secured phase every agent has a connection of
+//! its own ([`Agents::start_each`]), since its credentials let it subscribe only its own inbox.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,7 +16,11 @@ use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use tokio::task::JoinHandle;
 
+use crate::access::Access;
 use crate::traffic;
+
+/// How long a round trip to the server after subscribing may take.
+const ROUND_TRIP_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Counters shared by every agent task.
 #[derive(Default)]
@@ -43,46 +48,74 @@ impl Agents {
     /// Subscribes `n` agents over `connections` connections to `url` and returns once the
     /// server has registered every subscription.
     pub async fn start(url: &str, n: usize, connections: usize) -> anyhow::Result<Agents> {
-        let counters = Arc::new(Counters {
-            seen: (0..n).map(|_| AtomicBool::new(false)).collect(),
-            ..Default::default()
-        });
         let connections = connections.clamp(1, n.max(1));
-        let mut tasks = Vec::with_capacity(connections);
+        let mut agents = Agents::new(n);
         for c in 0..connections {
             let client = async_nats::ConnectOptions::new()
                 .name(format!("mesh-bench agents {c}"))
                 .connect(url)
                 .await
                 .with_context(|| format!("agents cannot connect to {url}"))?;
-            let mut subs = Vec::new();
-            for i in (c..n).step_by(connections) {
-                let id = traffic::agent(i);
-                let sub = client
-                    .queue_subscribe(traffic::inbox(&id), id.clone())
-                    .await
-                    .with_context(|| format!("agent {id} cannot subscribe"))?;
-                subs.push(sub.map(move |m| (i, m)));
-            }
-            // A round trip on this connection: the server has then registered every SUB before
-            // it (flush alone does not prove that).
-            async_nats::jetstream::new(client.clone())
-                .query_account()
-                .await
-                .context("round trip after subscribing agents")?;
-            let counters = counters.clone();
-            let mut merged = stream::select_all(subs);
-            tasks.push(tokio::spawn(async move {
-                while let Some((i, msg)) = merged.next().await {
-                    counters.note(i, &msg.payload);
-                    if let Some(reply) = msg.reply {
-                        // A lost reply only means a redelivery; nothing to do about it here.
-                        let _ = client.publish(reply, Bytes::new()).await;
-                    }
-                }
-            }));
+            let ids: Vec<usize> = (c..n).step_by(connections).collect();
+            agents.serve(client, &ids).await?;
         }
-        Ok(Agents { n, counters, tasks })
+        Ok(agents)
+    }
+
+    /// Like [`Agents::start`], with a connection of its own per agent, made with
+    /// [`Access::client`]: its credentials when secured, its inbox prefix.
+    pub async fn start_each(url: &str, n: usize, access: &Access) -> anyhow::Result<Agents> {
+        let mut agents = Agents::new(n);
+        for i in 0..n {
+            let id = traffic::agent(i);
+            let client = access
+                .client(&id)?
+                .name(format!("mesh-bench agent {id}"))
+                .connect(url)
+                .await
+                .with_context(|| format!("agent {id} cannot connect to {url}"))?;
+            agents.serve(client, &[i]).await?;
+        }
+        Ok(agents)
+    }
+
+    fn new(n: usize) -> Agents {
+        let counters = Arc::new(Counters {
+            seen: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            ..Default::default()
+        });
+        Agents {
+            n,
+            counters,
+            tasks: Vec::new(),
+        }
+    }
+
+    /// Subscribes agents `ids` on `client`, and serves them from one task once the server has
+    /// registered every subscription.
+    async fn serve(&mut self, client: async_nats::Client, ids: &[usize]) -> anyhow::Result<()> {
+        let mut subs = Vec::new();
+        for &i in ids {
+            let id = traffic::agent(i);
+            let sub = client
+                .queue_subscribe(traffic::inbox(&id), id.clone())
+                .await
+                .with_context(|| format!("agent {id} cannot subscribe"))?;
+            subs.push(sub.map(move |m| (i, m)));
+        }
+        round_trip(&client).await?;
+        let counters = self.counters.clone();
+        let mut merged = stream::select_all(subs);
+        self.tasks.push(tokio::spawn(async move {
+            while let Some((i, msg)) = merged.next().await {
+                counters.note(i, &msg.payload);
+                if let Some(reply) = msg.reply {
+                    // A lost reply only means a redelivery; nothing to do about it here.
+                    let _ = client.publish(reply, Bytes::new()).await;
+                }
+            }
+        }));
+        Ok(())
     }
 
     /// How many agents there are.
@@ -126,6 +159,26 @@ impl Agents {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
         )
+    }
+}
+
+/// A message to itself through the server on `client`'s own inbox (which even an agent of a
+/// secured mesh may use): the server has then registered every SUB sent before it (flush alone
+/// does not prove that).
+async fn round_trip(client: &async_nats::Client) -> anyhow::Result<()> {
+    let inbox = client.new_inbox();
+    let mut sub = client
+        .subscribe(inbox.clone())
+        .await
+        .context("cannot subscribe to its own inbox")?;
+    client
+        .publish(inbox, Bytes::new())
+        .await
+        .context("cannot publish to its own inbox")?;
+    match tokio::time::timeout(ROUND_TRIP_WITHIN, sub.next()).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => anyhow::bail!("its own inbox subscription ended"),
+        Err(_) => anyhow::bail!("no round trip through its own inbox within {ROUND_TRIP_WITHIN:?}"),
     }
 }
 

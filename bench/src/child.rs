@@ -6,11 +6,13 @@
 //! A child stops when its stdin closes (the parent drops the pipe, or dies) or on SIGTERM, and
 //! drains like `mesh-gateway`; the parent kills it if it has not exited within a grace period.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use mesh_auth::connect::GATEWAY_INBOX_PREFIX;
 use mesh_gateway::GatewayConfig;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout};
@@ -52,9 +54,15 @@ pub struct ChildProc {
 }
 
 impl ChildProc {
-    /// `mesh-bench child gateway --url URL --id ID`.
-    pub fn gateway(env: &Env, url: &str, id: &str) -> anyhow::Result<ChildProc> {
-        Self::spawn(env, id, &["gateway", "--url", url, "--id", id])
+    /// `mesh-bench child gateway --url URL --id ID`, with `vars` (`MESH_NATS_CREDS` on a
+    /// secured server) added to its environment, where the gateway's configuration reads them.
+    pub fn gateway(
+        env: &Env,
+        url: &str,
+        id: &str,
+        vars: &[(String, OsString)],
+    ) -> anyhow::Result<ChildProc> {
+        Self::spawn(env, id, &["gateway", "--url", url, "--id", id], vars)
     }
 
     /// `mesh-bench child relay --url URL …`, shaped by `shape` (see [`crate::relay::Shape`]);
@@ -72,7 +80,7 @@ impl ChildProc {
             args.push("--discovery".to_string());
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut relay = Self::spawn(env, "relay", &args)?;
+        let mut relay = Self::spawn(env, "relay", &args, &[])?;
         // Creating one consumer per agent takes about a millisecond each.
         let within = Duration::from_secs(30)
             + Duration::from_millis(5 * shape.per_recipient.unwrap_or(0) as u64);
@@ -80,7 +88,12 @@ impl ChildProc {
         Ok(relay)
     }
 
-    fn spawn(env: &Env, name: &str, args: &[&str]) -> anyhow::Result<ChildProc> {
+    fn spawn(
+        env: &Env,
+        name: &str,
+        args: &[&str],
+        vars: &[(String, OsString)],
+    ) -> anyhow::Result<ChildProc> {
         std::fs::create_dir_all(&env.log_dir)
             .with_context(|| format!("cannot create {}", env.log_dir.display()))?;
         let log = env.log_dir.join(format!("{name}.log"));
@@ -92,6 +105,7 @@ impl ChildProc {
         let mut child = tokio::process::Command::new(&env.exe)
             .arg("child")
             .args(args)
+            .envs(vars.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(file))
@@ -239,20 +253,24 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// `mesh-bench child gateway`: one gateway replica through [`mesh_gateway::run`], configured like
-/// `mesh-gateway` (defaults, then `MESH_*` variables), on `url` with id `id`.
+/// `mesh-gateway` (defaults, then `MESH_*` variables, `MESH_NATS_CREDS` among them), on `url`
+/// with id `id`, connected like `mesh-gateway` (its credentials, its inbox prefix).
 pub fn gateway_main(url: &str, id: &str) -> anyhow::Result<()> {
     init_tracing();
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     let mut cfg = GatewayConfig::load(None, env)?;
     cfg.nats_url = url.to_string();
     cfg.gateway_id = Some(id.to_string());
+    let prepared = cfg
+        .connection()
+        .prepare(format!("mesh-bench gateway {id}"), GATEWAY_INBOX_PREFIX)?;
     let rt = runtime()?;
     let result = rt.block_on(async move {
-        let client = async_nats::ConnectOptions::new()
-            .name(format!("mesh-bench gateway {id}"))
-            .connect(url)
+        let client = prepared
+            .options
+            .connect(prepared.servers)
             .await
-            .with_context(|| format!("cannot connect to {url}"))?;
+            .with_context(|| format!("cannot connect to {}", prepared.shown_url))?;
         mesh_gateway::run(client, cfg, stop_signal()).await?;
         anyhow::Ok(())
     });

@@ -10,17 +10,20 @@
 //! # Layout
 //!
 //! - [`params`]: the sizes and durations of a full and of a `--quick` run.
+//! - [`access`]: how clients connect: open, or each identity with credentials of its own.
 //! - [`traffic`]: agent and sender names, subjects, time-stamped payloads, the pair generator.
 //! - [`agents`]: the acknowledging agents: plain queue subscribers that count, time and reply.
 //! - [`load`]: the senders: windowed JetStream publishing, closed-loop, paced or counted.
 //! - [`child`]: child processes (gateway replicas, baseline relay): spawn, readiness, RSS, stop.
 //! - [`relay`]: the baseline: JetStream pull consumer → request to the agent → ack, nothing else.
 //! - [`measure`]: one measured run against whatever delivers (relay or gateway), percentiles.
-//! - [`phases`]: one module per figure: throughput and latency, kill fence, replay, scale, policy.
+//! - [`phases`]: one module per figure: throughput and latency, kill fence, replay, scale, policy,
+//!   secured against open (and the cost of minting credentials).
 //! - [`report`]: the figures, the targets of issue 4, the table and the JSON file.
 //! - [`machine`]: what the run ran on.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod agents;
 pub mod child;
 pub mod load;
@@ -47,7 +50,7 @@ pub struct Env {
     pub log_dir: PathBuf,
     /// With `--perf DIR`: every gateway child is recorded with `perf record` into DIR.
     pub perf_dir: Option<PathBuf>,
-    /// With `--only`: the phases to run (`throughput`, `fence`, `replay`, `policy`, `scale`).
+    /// With `--only`: the phases to run (see [`PHASES`]).
     pub only: Option<Vec<String>>,
 }
 
@@ -61,7 +64,14 @@ impl Env {
 }
 
 /// The phases, in the order they run.
-pub const PHASES: &[&str] = &["throughput", "fence", "replay", "policy", "scale"];
+pub const PHASES: &[&str] = &[
+    "throughput",
+    "fence",
+    "replay",
+    "policy",
+    "scale",
+    "secured",
+];
 
 /// Runs every phase in order. A phase that fails is recorded in the report (its figures stay
 /// empty) and the run goes on; the caller turns recorded errors into a non-zero exit.
@@ -82,6 +92,9 @@ pub async fn run(params: Params, env: Env, command: String) -> Report {
     }
     if env.runs("scale") {
         phases::scale::run(&params, &env, &mut report).await;
+    }
+    if env.runs("secured") {
+        phases::secured::run(&params, &env, &mut report).await;
     }
     report.finish(started.elapsed());
     report

@@ -1,6 +1,7 @@
 //! The senders: JetStream publishing with many PubAcks outstanding, so that the publisher is not
-//! what limits a measurement. One [`Publisher`] is one connection; it publishes 256-byte
-//! time-stamped intents from random senders to random agents on a [`Route`].
+//! what limits a measurement. One [`Publisher`] is one connection (or, in the secured phase, one
+//! per sender, each with its own credentials); it publishes 256-byte time-stamped intents from
+//! random senders to random agents on a [`Route`].
 //!
 //! [`Pace`] says how fast: closed-loop (as fast as the deliverer keeps up, with a bounded backlog
 //! so that a fast publisher does not steal the CPU the deliverer needs on two cores), at a fixed
@@ -15,6 +16,7 @@ use async_nats::jetstream;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 
+use crate::access::Access;
 use crate::agents::Agents;
 use crate::traffic::{self, Pairs, Route};
 
@@ -50,9 +52,10 @@ impl Sent {
     }
 }
 
-/// One publishing connection.
+/// One publishing connection for all senders, or one per sender ([`Publisher::connect_each`]).
 pub struct Publisher {
-    js: jetstream::Context,
+    /// One context for every sender, or sender `i`'s at index `i`.
+    js: Vec<jetstream::Context>,
     route: Route,
     senders: usize,
     payload: usize,
@@ -74,19 +77,54 @@ impl Publisher {
             .connect(url)
             .await
             .with_context(|| format!("publisher cannot connect to {url}"))?;
-        let js = jetstream::ContextBuilder::new()
-            .timeout(Duration::from_secs(10))
-            .max_ack_inflight(params.publish_window.max(1) * 2)
-            .backpressure_on_inflight(true)
-            .build(client);
-        Ok(Publisher {
+        Ok(Self::with(
+            vec![context(client, params)],
+            route,
+            params,
+            agents,
+            seed,
+        ))
+    }
+
+    /// Like [`Publisher::connect`], with a connection of its own per sender, made with
+    /// [`Access::client`]: its credentials when secured, its inbox prefix (where its PubAcks
+    /// arrive).
+    pub async fn connect_each(
+        url: &str,
+        access: &Access,
+        params: &crate::Params,
+        agents: usize,
+        seed: u64,
+    ) -> anyhow::Result<Publisher> {
+        let mut js = Vec::with_capacity(params.senders);
+        for i in 0..params.senders.max(1) {
+            let id = traffic::sender(i);
+            let client = access
+                .client(&id)?
+                .name(format!("mesh-bench sender {id}"))
+                .connect(url)
+                .await
+                .with_context(|| format!("sender {id} cannot connect to {url}"))?;
+            js.push(context(client, params));
+        }
+        Ok(Self::with(js, Route::Mesh, params, agents, seed))
+    }
+
+    fn with(
+        js: Vec<jetstream::Context>,
+        route: Route,
+        params: &crate::Params,
+        agents: usize,
+        seed: u64,
+    ) -> Publisher {
+        Publisher {
             js,
             route,
             senders: params.senders,
             payload: params.payload,
             window: params.publish_window.max(1),
             pairs: Pairs::new(seed, params.senders, agents),
-        })
+        }
     }
 
     /// Publishes at `pace` until `until`, until `stop` is set, or until a counted pace is done;
@@ -132,11 +170,8 @@ impl Publisher {
                     _ => self.pairs.next_pair(),
                 };
                 let subject = self.route.subject(from, to);
-                match self
-                    .js
-                    .publish(subject, traffic::payload(self.payload))
-                    .await
-                {
+                let js = &self.js[from % self.js.len()];
+                match js.publish(subject, traffic::payload(self.payload)).await {
                     Ok(ack) => {
                         acks.push(ack.into_future());
                         sent.published += 1;
@@ -180,6 +215,15 @@ impl Publisher {
         sent.elapsed = start.elapsed();
         sent
     }
+}
+
+/// A JetStream context that keeps many PubAcks outstanding and pushes back when it has too many.
+fn context(client: async_nats::Client, params: &crate::Params) -> jetstream::Context {
+    jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .max_ack_inflight(params.publish_window.max(1) * 2)
+        .backpressure_on_inflight(true)
+        .build(client)
 }
 
 fn count(

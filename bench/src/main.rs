@@ -28,7 +28,8 @@ struct Args {
     /// Where the children's logs go (default: a fresh directory under the system temp dir).
     #[arg(long, value_name = "DIR")]
     log_dir: Option<PathBuf>,
-    /// Run only these phases (comma separated): throughput, fence, replay, policy, scale.
+    /// Run only these phases (comma separated): throughput, fence, replay, policy, scale,
+    /// secured.
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(mesh_bench::PHASES))]
     only: Option<Vec<String>>,
     /// Also measure the relay shaped like the gateway (always on in a full run).

@@ -1,5 +1,6 @@
 //! The sizes and durations of a run. A full run follows issue 4 to the letter (100 agents,
-//! 100,000 held intents, 10 / 1,000 / 10,000 agents); `--quick` keeps every phase and every code
+//! 100,000 held intents, 10 / 1,000 / 10,000 agents) and the identity issue (10,000 agents'
+//! credentials minted); `--quick` keeps every phase and every code
 //! path but shrinks them so that CI's smoke run ends in well under two minutes.
 
 use std::time::Duration;
@@ -46,8 +47,13 @@ pub struct Params {
     /// Measurement window of each scale step.
     #[serde(with = "secs")]
     pub scale_measure: Duration,
-    /// Agent connections in the benchmark process; agents are spread over them.
+    /// Agent connections in the benchmark process; agents are spread over them (except in the
+    /// secured phase, where every agent and sender has a connection of its own).
     pub agent_connections: usize,
+    /// Open/secured rounds of the secured phase, alternated.
+    pub secured_rounds: usize,
+    /// Agents' credentials minted, one `add_agent` call each, in the secured phase.
+    pub mint_credentials: usize,
 }
 
 impl Params {
@@ -71,6 +77,8 @@ impl Params {
             policy_breakdown: true,
             scale_measure: Duration::from_secs(6),
             agent_connections: 4,
+            secured_rounds: 3,
+            mint_credentials: 10_000,
         }
     }
 
@@ -88,6 +96,8 @@ impl Params {
             decompose: false,
             policy_breakdown: false,
             scale_measure: Duration::from_secs(2),
+            secured_rounds: 2,
+            mint_credentials: 1_000,
             ..Params::full()
         }
     }

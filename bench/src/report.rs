@@ -1,5 +1,5 @@
-//! The results: every figure under a stable key, the targets of issue 4 as met or missed, a
-//! table for people and a JSON file for scripts.
+//! The results: every figure under a stable key, the targets of issue 4 and of the identity
+//! issue as met or missed, a table for people and a JSON file for scripts.
 //!
 //! Keys never change meaning. A figure that a run could not measure is `null`, with a note or an
 //! error saying why. Scale keys name the agent count they were measured with (`rss_mb_10k_agents`
@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::machine::Machine;
 use crate::Params;
 
-/// A target of issue 4.
+/// A target of issue 4 or of the identity issue.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Target {
     /// What the issue says, in words.
@@ -183,6 +183,12 @@ impl Report {
                 ">=",
                 0.9,
             ),
+            t(
+                "secured mesh throughput ≥ 0.95 × open mesh (identity)",
+                "secured_throughput_ratio".into(),
+                ">=",
+                0.95,
+            ),
         ];
         for target in &mut targets {
             target.value = self.get(&target.key);
@@ -232,7 +238,7 @@ impl Report {
         }
         out.push_str(&format!(
             "\n{:<52} {:>12}  {}\n",
-            "target (issue 4)", "value", "verdict"
+            "target (issue 4, identity)", "value", "verdict"
         ));
         for t in &self.targets {
             let v = t.value.map(fmt_num).unwrap_or_else(|| "—".into());

@@ -8,11 +8,15 @@
 //! - [`replay`]: delivery rate of held intents released by a resume.
 //! - [`policy`]: throughput with policies on every agent against none (once the gateway has them).
 //! - [`scale`]: throughput, RSS and start time with 10, 1,000 and 10,000 agents.
+//! - [`secured`]: throughput and added latency of the mesh on a secured server against an open
+//!   one, in the same shape; [`mint`]: the cost of issuing agents' credentials.
 
 pub mod fence;
+pub mod mint;
 pub mod policy;
 pub mod replay;
 pub mod scale;
+pub mod secured;
 pub mod throughput;
 
 use std::time::Duration;
@@ -23,6 +27,7 @@ use futures::StreamExt;
 use mesh_gateway::{GatewayConfig, MeshObjects};
 use mesh_testkit::NatsServer;
 
+use crate::access::Access;
 use crate::agents::Agents;
 use crate::child::{self, ChildProc};
 use crate::load::Publisher;
@@ -43,36 +48,62 @@ pub struct Stage {
     pub agents: Agents,
     /// With `--perf`: where windows record their profiles, and a counter to name them.
     perf: Option<(std::path::PathBuf, std::sync::atomic::AtomicUsize)>,
-    /// Declared last: the server goes after everything that talks to it.
+    /// Declared after everything that talks to it: the server goes after them.
     pub server: NatsServer,
+    /// How clients connect: open, or each with its own credentials. Declared after the server:
+    /// the resolver's store in its directory goes after the server.
+    pub access: Access,
 }
 
 impl Stage {
-    /// Starts a server and `agents` agents.
+    /// Starts an open server and `agents` agents, sharing `params.agent_connections`.
     pub async fn start(params: &Params, env: &Env, agents: usize) -> anyhow::Result<Stage> {
-        let server = tokio::task::spawn_blocking(NatsServer::try_start)
-            .await
-            .context("server start task")?
-            .context("cannot start nats-server")?;
+        let access = Access::open();
+        let (server, client) = serve(&access).await?;
         let url = server.url();
-        let client = async_nats::ConnectOptions::new()
-            .name("mesh-bench operator")
-            .connect(&url)
-            .await
-            .with_context(|| format!("cannot connect to {url}"))?;
-        let js = jetstream::new(client.clone());
         let agents = Agents::start(&url, agents, params.agent_connections).await?;
-        Ok(Stage {
-            url,
+        Ok(Self::assemble(env, server, client, agents, access))
+    }
+
+    /// Starts a server configured for `access` (open or secured) and `agents` agents, each on
+    /// a connection of its own with its own inbox prefix and, when secured, its credentials:
+    /// the shape of a real mesh, the same on both sides of the secured phase.
+    pub async fn start_each(env: &Env, agents: usize, access: Access) -> anyhow::Result<Stage> {
+        let (server, client) = serve(&access).await?;
+        let agents = Agents::start_each(&server.url(), agents, &access).await?;
+        Ok(Self::assemble(env, server, client, agents, access))
+    }
+
+    fn assemble(
+        env: &Env,
+        server: NatsServer,
+        client: async_nats::Client,
+        agents: Agents,
+        access: Access,
+    ) -> Stage {
+        Stage {
+            url: server.url(),
+            js: jetstream::new(client.clone()),
             client,
-            js,
             agents,
             perf: env
                 .perf_dir
                 .clone()
                 .map(|d| (d, std::sync::atomic::AtomicUsize::new(0))),
             server,
-        })
+            access,
+        }
+    }
+
+    /// A publisher with a connection per sender, made with this stage's [`Access`], on the
+    /// mesh route.
+    pub async fn senders(&self, params: &Params, seed: u64) -> anyhow::Result<Publisher> {
+        Publisher::connect_each(&self.url, &self.access, params, self.agents.len(), seed).await
+    }
+
+    /// `MESH_NATS_*` variables of this stage's gateway replicas.
+    pub fn gateway_env(&self) -> Vec<(String, std::ffi::OsString)> {
+        self.access.gateway_env(&self.url)
     }
 
     /// A publisher on `route` for this stage's agents.
@@ -199,7 +230,7 @@ impl Stage {
     ) -> anyhow::Result<Vec<ChildProc>> {
         let mut gws = Vec::new();
         for id in ids {
-            gws.push(ChildProc::gateway(env, &self.url, id)?);
+            gws.push(ChildProc::gateway(env, &self.url, id, &self.gateway_env())?);
         }
         child::wait_live(&objects.gateways, ids, &mut gws, START_WITHIN).await?;
         Ok(gws)
@@ -233,6 +264,25 @@ impl Stage {
         }
         Ok(())
     }
+}
+
+/// Starts a nats-server configured for `access` and connects the operator to it.
+async fn serve(access: &Access) -> anyhow::Result<(NatsServer, async_nats::Client)> {
+    let server = match access.server_conf()? {
+        None => tokio::task::spawn_blocking(NatsServer::try_start).await,
+        Some(conf) => {
+            tokio::task::spawn_blocking(move || NatsServer::try_start_with_conf(&conf)).await
+        }
+    }
+    .context("server start task")?
+    .with_context(|| format!("cannot start the {} nats-server", access.name()))?;
+    let url = server.url();
+    let client = access
+        .operator(&url)?
+        .connect(&url)
+        .await
+        .with_context(|| format!("cannot connect to {url}"))?;
+    Ok((server, client))
 }
 
 /// Stops every child; the first failure (an exit with an error) is returned after all were

@@ -147,7 +147,7 @@ async fn cold_start(
     }
     stage.agents.reset_reached();
     let started = Instant::now();
-    let mut gw = ChildProc::gateway(env, &stage.url, id)?;
+    let mut gw = ChildProc::gateway(env, &stage.url, id, &stage.gateway_env())?;
     let mut died = false;
     let all = measure::wait_until(start_within(n), || {
         died = gw.exited();

@@ -17,6 +17,7 @@
 //! - [`counters`]: the mesh-wide policy counters of an agent (read for `status`, reset on
 //!   `resume`).
 //! - [`fence`]: live gateway replicas and waiting for their confirmations.
+//! - [`retry`]: retrying a step until a deadline (a cluster electing after a node loss).
 //! - [`events`]: reading audit events from the audit stream (history and live).
 //! - [`local`]: finding and running nats-server and mesh-gateway processes for `up`.
 //! - [`output`]: tables for people, JSON for scripts.
@@ -38,6 +39,7 @@ pub mod local;
 pub mod mesh;
 pub mod output;
 pub mod policies;
+pub mod retry;
 pub mod switch;
 
 use std::collections::HashMap;

@@ -14,6 +14,8 @@ use mesh_tests::agents::{self, Recorder};
 use mesh_tests::gateways::{wait_live, GatewayTask};
 use mesh_tests::{connect, init_tracing};
 
+mod quorum;
+
 /// Gateway settings for R3.
 fn r3(cfg: &mut mesh_gateway::GatewayConfig) {
     cfg.replicas = 3;

@@ -14,6 +14,7 @@ use mesh_tests::agents::{self, Recorder};
 use mesh_tests::gateways::{wait_live, GatewayTask};
 use mesh_tests::{connect, init_tracing};
 
+mod node_loss;
 mod quorum;
 
 /// Gateway settings for R3.

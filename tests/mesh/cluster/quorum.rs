@@ -78,8 +78,8 @@ async fn without_a_quorum_a_gateway_waits_and_kill_lands_once_the_cluster_is_bac
         ],
     );
     // The outage itself, not a wait for an event: long enough for a first attempt of each to
-    // time out (a JetStream request times out after 5 s at most).
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // time out (a JetStream request times out after 5 s), which ended both before the fix.
+    tokio::time::sleep(Duration::from_secs(8)).await;
     assert_eq!(
         gw.exited(),
         None,

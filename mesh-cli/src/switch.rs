@@ -5,14 +5,18 @@
 //!
 //! The order matters. The fence subscription exists before the flag is written, so that no
 //! confirmation can be missed (the server handles one connection's protocol in order, so the
-//! `SUB` is registered before the KV put that follows it). The live replicas are listed before
-//! the flag is written too, so the fence time measures the protocol (flag written → last
-//! confirmation) and nothing else; a replica that comes up between the listing and the write
-//! reads the new flag when it starts, and its confirmation is accepted if it comes in time.
-//! The flag is the hold: every replica reads it before it delivers anything. Once a gateway has
-//! parked the agent's inbound work on a consumer of its own, that consumer is paused as well
-//! (by mesh-cli and by every gateway), so the work stays quiet in NATS; mesh-cli pauses it while
-//! it waits for the confirmations, and a pause that fails is still an error.
+//! `SUB` is registered before the KV put that follows it). The flag comes next, so that the
+//! kill is in force as early as NATS takes the write. The live replicas are listed right after
+//! it: a replica that is not listed held no lease then, so it delivered nothing (a replica
+//! delivers only while its presence is fresh), or started after the listing and reads the flag
+//! before it delivers. The flag is the hold: every replica reads it before it delivers anything.
+//! Once a gateway has parked the agent's inbound work on a consumer of its own, that consumer
+//! is paused as well (by mesh-cli and by every gateway), so the work stays quiet in NATS.
+//!
+//! Every step is retried until the command's `--timeout` ([`crate::retry`]): for some seconds
+//! after a node loss, a cluster answers nothing about the streams and buckets that node led.
+//! A flag that could not be written ends the command with nothing changed; a step after it that
+//! could not be done is reported in [`Outcome::undone`].
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! to one recipient must arrive in order. The stream sequence of every intent is read back from
 //! the stream at the end, so that an inversion says whether the stream or the mesh reordered.
 //!
-//! One run is part of the suite; `node_loss_loop` (ignored) runs `MESH_NODE_LOSS_RUNS` (20)
+//! One run is part of the suite; `node_loss_loop` (ignored) runs `NODE_LOSS_RUNS` (20)
 //! and prints the figures.
 
 use std::collections::HashMap;
@@ -332,13 +332,13 @@ async fn flood_and_kill_across_the_loss_of_the_intents_leader() {
     figures.assert_clean();
 }
 
-/// `MESH_NODE_LOSS_RUNS=20 cargo test -p mesh-tests --test mesh node_loss_loop -- --ignored
+/// `NODE_LOSS_RUNS=20 cargo test -p mesh-tests --test mesh node_loss_loop -- --ignored
 /// --nocapture`: the runs one after another, each line its figures, then the totals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "about 30 s per run; run by hand"]
 async fn node_loss_loop() {
     init_tracing();
-    let runs: usize = std::env::var("MESH_NODE_LOSS_RUNS")
+    let runs: usize = std::env::var("NODE_LOSS_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
@@ -350,8 +350,11 @@ async fn node_loss_loop() {
             println!("        inversion: {i}");
         }
         for k in &figures.kills {
-            if k.exit != Some(0) {
-                println!("        kill {}: {}", k.agent, k.output);
+            if k.exit != Some(0) || k.after_return() > 0 {
+                println!(
+                    "        kill {}: to {}→{} from {}→{}; {}",
+                    k.agent, k.to_at_return, k.to_at_end, k.from_at_return, k.from_at_end, k.output
+                );
             }
         }
         all.push(figures);

@@ -210,8 +210,10 @@ async fn run_once() -> Figures {
     let all = urls.join(",");
     let setup = connect(&urls[0]).await;
     let js = jetstream::new(setup.clone());
-    let mut cfg = mesh_gateway::GatewayConfig::default();
-    cfg.replicas = 3;
+    let cfg = mesh_gateway::GatewayConfig {
+        replicas: 3,
+        ..Default::default()
+    };
     mesh_gateway::setup::ensure(&js, &cfg)
         .await
         .expect("mesh objects");

@@ -53,8 +53,10 @@ async fn without_a_quorum_a_gateway_waits_and_kill_lands_once_the_cluster_is_bac
     let cluster = Cluster::start(3);
     let urls = cluster.urls();
     let setup = connect(&urls[0]).await;
-    let mut cfg = mesh_gateway::GatewayConfig::default();
-    cfg.replicas = 3;
+    let cfg = mesh_gateway::GatewayConfig {
+        replicas: 3,
+        ..Default::default()
+    };
     mesh_gateway::setup::ensure(&jetstream::new(setup.clone()), &cfg)
         .await
         .expect("mesh objects");

@@ -72,6 +72,7 @@ async fn watch_once(shared: &Arc<Shared>) -> Result<(), String> {
     let mut seen: HashSet<AgentId> = HashSet::new();
     let mut live = Liveness::new(shared.cfg.presence_interval);
     let mut replaying = true;
+    let mut behind_logged = false;
     // An empty bucket replays nothing, so nothing would tell us the replay is over.
     if state.messages == 0 {
         live.replayed(before);
@@ -118,6 +119,21 @@ async fn watch_once(shared: &Arc<Shared>) -> Result<(), String> {
         live.saw(entry.revision);
         if let Some(id) = apply(shared, &entry) {
             seen.insert(id);
+        }
+        if replaying && caught_up && live.seen < before {
+            // The replay ended short of the revision the stream leader had before the watch
+            // started: its consumer reads a copy of the bucket that is behind (a node that has
+            // just come back). That is not the current state: wait for the rest, or for a
+            // check to find the watch stalled and start it again.
+            if !behind_logged {
+                tracing::warn!(
+                    seen = live.seen,
+                    leader_had = before,
+                    "kill-flag replay came from a copy that is behind; waiting for the rest"
+                );
+                behind_logged = true;
+            }
+            continue;
         }
         if replaying && caught_up {
             live.replayed(before);

@@ -112,13 +112,15 @@ async fn without_a_quorum_a_gateway_waits_and_kill_lands_once_the_cluster_is_bac
     )
     .await;
     let _o = agents::serve(&connect(&urls[0]).await, "other", "o1", other.clone(), true).await;
+    // The intents stream may still be electing its leader: publish until it is stored.
     let js = jetstream::new(connect(&urls[0]).await);
-    agents::send(&js, "sender", "victim", "work", "0")
-        .await
-        .expect("stored");
-    agents::send(&js, "sender", "other", "work", "0")
-        .await
-        .expect("stored");
+    for to in ["victim", "other"] {
+        mesh_tests::eventually(&format!("an intent to {to} stored"), || {
+            let js = js.clone();
+            async move { agents::send(&js, "sender", to, "work", "0").await.is_ok() }
+        })
+        .await;
+    }
     other.wait_for(1).await;
     assert!(victim.is_empty(), "a killed agent got an intent");
 }

@@ -227,7 +227,7 @@ async fn run_once() -> Figures {
         replicas: 3,
         ..Default::default()
     };
-    mesh_gateway::setup::ensure(&js, &cfg)
+    mesh_gateway::setup::ensure_ready(&js, &cfg)
         .await
         .expect("mesh objects");
     let lost = leader_of(&js, "MESH_INTENTS").await;

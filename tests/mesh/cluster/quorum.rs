@@ -57,7 +57,7 @@ async fn without_a_quorum_a_gateway_waits_and_kill_lands_once_the_cluster_is_bac
         replicas: 3,
         ..Default::default()
     };
-    mesh_gateway::setup::ensure(&jetstream::new(setup.clone()), &cfg)
+    mesh_gateway::setup::ensure_ready(&jetstream::new(setup.clone()), &cfg)
         .await
         .expect("mesh objects");
 

@@ -161,11 +161,25 @@ impl Drop for InFlight {
 #[derive(Debug)]
 pub struct Gates {
     map: RwLock<HashMap<AgentId, Arc<Gate>>>,
-    /// True only while both parts below are: otherwise nothing is delivered (fail closed).
+    /// True only while the kill state is known and this replica is listed: otherwise nothing is
+    /// delivered (fail closed).
     ready: watch::Sender<bool>,
-    /// (kill state known, listed): the KV watch has replayed every kill flag and is current;
-    /// this replica's presence record is fresh, so every kill waits for it.
-    parts: std::sync::Mutex<(bool, bool)>,
+    parts: std::sync::Mutex<Parts>,
+}
+
+/// What readiness is made of.
+#[derive(Debug, Default)]
+struct Parts {
+    /// The KV watch has replayed every kill flag and is current.
+    known: bool,
+    /// This replica's presence record is fresh, so every kill waits for it.
+    listed: bool,
+    /// Whether it was ever listed.
+    was_listed: bool,
+    /// Times it was listed again after its presence had lapsed. Kills written while it was not
+    /// listed did not wait for it, and its watch may have been quiet meanwhile: each time, the
+    /// kill state counts as unknown until the watch has replayed again.
+    relisted: u64,
 }
 
 impl Default for Gates {
@@ -173,7 +187,7 @@ impl Default for Gates {
         Gates {
             map: RwLock::new(HashMap::new()),
             ready: watch::channel(false).0,
-            parts: std::sync::Mutex::new((false, false)),
+            parts: std::sync::Mutex::new(Parts::default()),
         }
     }
 }
@@ -207,26 +221,55 @@ impl Gates {
         *self.ready.borrow()
     }
 
-    /// Marks the kill state known or unknown.
-    pub fn set_ready(&self, known: bool) {
-        self.update(|parts| parts.0 = known);
+    /// Marks the kill state unknown.
+    pub fn set_unknown(&self) {
+        self.update(|parts| parts.known = false);
+    }
+
+    /// Marks the kill state known or unknown, as proven by a watch that started when the
+    /// replica had been listed again `relisted` times ([`Gates::relisted`]). If it has been
+    /// listed again since, the watch proves nothing about the kills written while it was not
+    /// listed: the state stays unknown and this returns false (the watch must replay).
+    pub fn set_known(&self, known: bool, relisted: u64) -> bool {
+        let mut current = true;
+        self.update(|parts| {
+            current = parts.relisted == relisted;
+            parts.known = known && current;
+        });
+        current
+    }
+
+    /// Times this replica was listed again after its presence lapsed (see [`Gates::set_known`]).
+    pub fn relisted(&self) -> u64 {
+        self.parts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .relisted
     }
 
     /// Marks this replica listed (its presence is fresh) or not: a replica that cannot prove it
-    /// is listed may be skipped by a kill, so it must not deliver.
+    /// is listed may be skipped by a kill, so it must not deliver. Listed again after a lapse,
+    /// it delivers only once its kill watch has replayed.
     pub fn set_listed(&self, listed: bool) {
-        self.update(|parts| parts.1 = listed);
+        self.update(|parts| {
+            if listed && !parts.listed && parts.was_listed {
+                parts.known = false;
+                parts.relisted += 1;
+            }
+            parts.listed = listed;
+            parts.was_listed |= listed;
+        });
     }
 
     /// Whether this replica's presence is fresh.
     pub fn is_listed(&self) -> bool {
-        self.parts.lock().unwrap_or_else(|e| e.into_inner()).1
+        self.parts.lock().unwrap_or_else(|e| e.into_inner()).listed
     }
 
-    fn update(&self, change: impl FnOnce(&mut (bool, bool))) {
+    fn update(&self, change: impl FnOnce(&mut Parts)) {
         let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
         change(&mut parts);
-        let ready = parts.0 && parts.1;
+        let ready = parts.known && parts.listed;
         self.ready.send_if_modified(|r| {
             let changed = *r != ready;
             *r = ready;
@@ -276,15 +319,36 @@ mod tests {
     #[test]
     fn ready_needs_kill_state_and_a_fresh_presence() {
         let gates = Gates::default();
-        gates.set_ready(true);
+        assert!(gates.set_known(true, gates.relisted()));
         assert!(!gates.is_ready(), "not listed yet");
         gates.set_listed(true);
+        assert!(gates.is_ready(), "the first listing needs no new replay");
+        gates.set_unknown();
+        assert!(!gates.is_ready(), "kill state unknown");
+        assert!(gates.set_known(true, gates.relisted()));
         assert!(gates.is_ready());
+    }
+
+    #[test]
+    fn listed_again_after_a_lapse_needs_a_new_replay() {
+        let gates = Gates::default();
+        gates.set_listed(true);
+        let watch_started = gates.relisted();
+        assert!(gates.set_known(true, watch_started));
         gates.set_listed(false);
         assert!(!gates.is_ready(), "presence lapsed");
         gates.set_listed(true);
-        gates.set_ready(false);
-        assert!(!gates.is_ready(), "kill state unknown");
+        assert!(
+            !gates.is_ready(),
+            "kills written while it was not listed did not wait for it"
+        );
+        assert!(
+            !gates.set_known(true, watch_started),
+            "a watch that started before the lapse proves nothing"
+        );
+        assert!(!gates.is_ready());
+        assert!(gates.set_known(true, gates.relisted()), "a new replay does");
+        assert!(gates.is_ready());
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::worker::Shared;
 pub async fn run(shared: Arc<Shared>) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        shared.gates.set_ready(false);
+        shared.gates.set_unknown();
         match watch_once(&shared).await {
             Ok(()) => return,
             Err(why) => {
@@ -51,6 +51,9 @@ async fn watch_once(shared: &Arc<Shared>) -> Result<(), String> {
     let kv = &shared.objects.kill;
     let bucket = &shared.cfg.names.kill_bucket;
     let connects = connects(&shared.client);
+    // Listed again after a lapse from now on: kills written meanwhile did not wait for this
+    // replica, so this watch proves nothing about them and must replay (`Gates::set_known`).
+    let relisted = shared.gates.relisted();
     // Read before the watch starts: once the replay is over, the watch has seen everything up
     // to here (a revision removed meanwhile is not replayed, but nothing is missed either).
     // Fresh from the server: `kv.status()` only returns the stream info cached when the bucket
@@ -69,10 +72,13 @@ async fn watch_once(shared: &Arc<Shared>) -> Result<(), String> {
     let mut seen: HashSet<AgentId> = HashSet::new();
     let mut live = Liveness::new(shared.cfg.presence_interval);
     let mut replaying = true;
+    let mut behind_logged = false;
     // An empty bucket replays nothing, so nothing would tell us the replay is over.
     if state.messages == 0 {
         live.replayed(before);
-        finish_replay(shared, &seen);
+        if !finish_replay(shared, &seen, relisted) {
+            return Err(RELISTED.to_string());
+        }
         replaying = false;
     }
     let mut check = tokio::time::interval(shared.cfg.presence_interval);
@@ -95,8 +101,8 @@ async fn watch_once(shared: &Arc<Shared>) -> Result<(), String> {
                 }
                 let last = last_revision(kv, shared.cfg.presence_interval).await;
                 let verdict = live.check(last, Instant::now());
-                if !replaying {
-                    shared.gates.set_ready(verdict.fresh);
+                if !replaying && !shared.gates.set_known(verdict.fresh, relisted) {
+                    return Err(RELISTED.to_string());
                 }
                 if let Some(why) = verdict.stalled {
                     return Err(why);
@@ -114,9 +120,26 @@ async fn watch_once(shared: &Arc<Shared>) -> Result<(), String> {
         if let Some(id) = apply(shared, &entry) {
             seen.insert(id);
         }
+        if replaying && caught_up && live.seen < before {
+            // The replay ended short of the revision the stream leader had before the watch
+            // started: its consumer reads a copy of the bucket that is behind (a node that has
+            // just come back). That is not the current state: wait for the rest, or for a
+            // check to find the watch stalled and start it again.
+            if !behind_logged {
+                tracing::warn!(
+                    seen = live.seen,
+                    leader_had = before,
+                    "kill-flag replay came from a copy that is behind; waiting for the rest"
+                );
+                behind_logged = true;
+            }
+            continue;
+        }
         if replaying && caught_up {
             live.replayed(before);
-            finish_replay(shared, &seen);
+            if !finish_replay(shared, &seen, relisted) {
+                return Err(RELISTED.to_string());
+            }
             replaying = false;
         }
     }
@@ -229,15 +252,25 @@ impl Liveness {
 }
 
 /// Agents whose flag disappeared while the watch was down are active again.
-fn finish_replay(shared: &Shared, seen: &HashSet<AgentId>) {
+/// Ends a replay: agents the replay did not mention are active, and the kill state is known
+/// unless the replica was listed again after a lapse since the watch started (then it returns
+/// false and the watch must replay again).
+fn finish_replay(shared: &Shared, seen: &HashSet<AgentId>, relisted: u64) -> bool {
     for id in shared.gates.known() {
         if !seen.contains(&id) {
             shared.gates.get(&id).set(GateState::Active { revision: 0 });
         }
     }
-    shared.gates.set_ready(true);
+    if !shared.gates.set_known(true, relisted) {
+        return false;
+    }
     tracing::info!(flags = seen.len(), "kill flags loaded; delivering");
+    true
 }
+
+/// Why a watch replays when its replica is listed again after its presence lapsed.
+const RELISTED: &str = "listed again after its presence lapsed: kills written meanwhile did not \
+                        wait for this replica, so its watch replays before it delivers";
 
 /// Applies one change to the gate and starts its fence. Returns the agent it was about.
 fn apply(shared: &Arc<Shared>, entry: &Entry) -> Option<AgentId> {

@@ -78,6 +78,10 @@ pub enum GatewayError {
 /// Runs one gateway replica on `client` until `shutdown` resolves, then drains: stops pulling,
 /// lets in-flight deliveries finish for up to `drain_grace`, hands the rest back to JetStream.
 /// Serves metrics and probes on `metrics_addr` when it is set.
+///
+/// While JetStream cannot create or read the mesh's streams and buckets (a cluster still
+/// electing), it retries with backoff and logs why ([`setup::ensure_ready`]); a shutdown
+/// meanwhile returns `Ok` at once.
 pub async fn run(
     client: async_nats::Client,
     cfg: GatewayConfig,
@@ -118,7 +122,14 @@ pub async fn run_with_listener(
         tokio::spawn(http::serve(listener, observed.clone(), http_cancel));
     }
     let js = jetstream::new(client.clone());
-    let objects = setup::ensure(&js, &cfg).await?;
+    tokio::pin!(shutdown);
+    let objects = tokio::select! {
+        objects = setup::ensure_ready(&js, &cfg) => objects?,
+        () = &mut shutdown => {
+            tracing::info!("stopped before the mesh's streams and buckets were ready");
+            return Ok(());
+        }
+    };
     // Connected for sure now (JetStream answered), so the server's INFO is in.
     server_version::warn_if_needed(&client);
     let budget_kv = objects.counters.clone();

@@ -63,9 +63,12 @@ pub async fn run(shared: Arc<Shared>) {
         if tokio::time::Instant::now() >= lease_until {
             lapse(&shared);
         }
-        match live_replicas(&shared.objects.gateways).await {
-            Ok(live) => *shared.live.lock().unwrap_or_else(|e| e.into_inner()) = live,
-            Err(e) => tracing::warn!(error = %e, "could not list live replicas"),
+        // Bounded too: a listing that hangs (seen for 10 s on nats-server 2.11 after a node
+        // loss) would hold up the next refresh and let the lease lapse.
+        match tokio::time::timeout(interval, live_replicas(&shared.objects.gateways)).await {
+            Ok(Ok(live)) => *shared.live.lock().unwrap_or_else(|e| e.into_inner()) = live,
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not list live replicas"),
+            Err(_) => tracing::warn!(?interval, "could not list live replicas: no answer in time"),
         }
     }
     if let Err(e) = shared.objects.gateways.delete(&shared.gateway_id).await {

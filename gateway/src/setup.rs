@@ -63,6 +63,28 @@ pub enum SetupError {
 }
 
 impl SetupError {
+    /// Whether trying again can help: a request that timed out or found no JetStream leader
+    /// (a cluster electing, a quorum of its nodes down) can; an object with an incompatible
+    /// configuration cannot.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, SetupError::Incompatible { .. })
+    }
+
+    /// The error with its causes, `a: b: c`, for a log line.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.contains(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        text
+    }
+
     fn stream(name: &str, e: impl std::error::Error + Send + Sync + 'static) -> Self {
         SetupError::Stream {
             name: name.to_string(),
@@ -116,17 +138,10 @@ pub async fn ensure(
         },
     )
     .await?;
-    // File storage for every bucket: a memory bucket vanishes when nats-server restarts.
-    let bucket = |name: &str, description: &str, history: i64| kv::Config {
-        bucket: name.to_string(),
-        description: format!("Agent Mesh {description}"),
-        history,
-        storage: stream::StorageType::File,
-        num_replicas: cfg.replicas,
-        max_value_size: 64 * 1024,
-        ..Default::default()
+    let bucket = |name: &str, description: &str, history: i64| {
+        bucket_config(cfg, name, description, history)
     };
-    let kill = ensure_bucket(js, bucket(&names.kill_bucket, "kill flags", 16)).await?;
+    let kill = ensure_kill_bucket(js, cfg).await?;
     let gateways = ensure_bucket(
         js,
         kv::Config {
@@ -173,6 +188,76 @@ pub async fn ensure(
         health,
         activity,
     })
+}
+
+/// First wait between two attempts of [`ensure_ready`].
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+/// Longest wait between two attempts of [`ensure_ready`].
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// [`ensure`], retried with backoff (250 ms doubling to 5 s) for as long as it takes, logging
+/// each failure and why: a gateway started with its cluster (compose, Kubernetes) finds no
+/// JetStream leader until the nodes have elected one, and requests time out meanwhile. Returns
+/// at once on an error that retrying cannot fix (an incompatible stream).
+pub async fn ensure_ready(
+    js: &jetstream::Context,
+    cfg: &GatewayConfig,
+) -> Result<MeshObjects, SetupError> {
+    let mut wait = RETRY_FIRST;
+    let mut attempt: u32 = 1;
+    loop {
+        match ensure(js, cfg).await {
+            Ok(objects) => {
+                if attempt > 1 {
+                    tracing::info!(
+                        attempts = attempt,
+                        "the mesh's streams and buckets are ready"
+                    );
+                }
+                return Ok(objects);
+            }
+            Err(e) if !e.is_retryable() => return Err(e),
+            Err(e) => {
+                tracing::warn!(
+                    attempt,
+                    retry_in = ?wait,
+                    error = %e.chain(),
+                    "JetStream is not ready (a cluster still electing, or too few nodes up); \
+                     nothing is delivered until it is"
+                );
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(RETRY_MAX);
+                attempt = attempt.saturating_add(1);
+            }
+        }
+    }
+}
+
+/// A bucket's configuration. File storage for every bucket: a memory bucket vanishes when
+/// nats-server restarts.
+fn bucket_config(cfg: &GatewayConfig, name: &str, description: &str, history: i64) -> kv::Config {
+    kv::Config {
+        bucket: name.to_string(),
+        description: format!("Agent Mesh {description}"),
+        history,
+        storage: stream::StorageType::File,
+        num_replicas: cfg.replicas,
+        max_value_size: 64 * 1024,
+        ..Default::default()
+    }
+}
+
+/// Creates the kill-flag bucket, or opens it: all that `mesh-cli kill` needs before it can
+/// write the flag.
+pub async fn ensure_kill_bucket(
+    js: &jetstream::Context,
+    cfg: &GatewayConfig,
+) -> Result<kv::Store, SetupError> {
+    ensure_bucket(
+        js,
+        bucket_config(cfg, &cfg.names.kill_bucket, "kill flags", 16),
+    )
+    .await
 }
 
 async fn ensure_stream(

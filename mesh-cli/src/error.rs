@@ -15,8 +15,9 @@ pub mod exit {
     pub const FAILURE: i32 = 1;
     /// Bad usage: unknown command, bad flag or argument, bad configuration.
     pub const USAGE: i32 = 2;
-    /// A kill, resume or policy change is written, but not every live gateway replica
-    /// confirmed it in time.
+    /// A kill, resume or policy change is written and in force, but not every live gateway
+    /// replica confirmed it in time, or (kill, resume) a step after the flag could not be done
+    /// in time: the message says which.
     pub const UNCONFIRMED: i32 = 3;
     /// Stopped by Ctrl-C or SIGTERM before it finished (128 + SIGINT, as shells report it).
     pub const INTERRUPTED: i32 = 130;
@@ -61,6 +62,33 @@ pub enum CliError {
         live: usize,
         missing: Vec<String>,
         timeout: std::time::Duration,
+    },
+    /// The kill flag could not be written before the timeout: nothing changed.
+    #[error(
+        "{action} of {agent} NOT done: the kill flag could not be written within {timeout} \
+         ({attempts} attempts); nothing changed. NATS JetStream did not accept the write: check \
+         that most nodes of the cluster are up (`nats server report jetstream`), then run the \
+         command again",
+        timeout = humantime::format_duration(*timeout)
+    )]
+    NotWritten {
+        action: &'static str,
+        agent: String,
+        timeout: std::time::Duration,
+        attempts: u32,
+        #[source]
+        source: Box<CliError>,
+    },
+    /// The flag is written and in force, but some step after it could not be done in time.
+    #[error(
+        "{action} of {agent} is written and in force in NATS, but not everything after it was \
+         done: {steps}; run the command again to finish (it is safe to repeat)",
+        steps = undone.join("; ")
+    )]
+    Incomplete {
+        action: &'static str,
+        agent: String,
+        undone: Vec<String>,
     },
     /// A policy that `Policy::validate` refuses; nothing was written.
     #[error(
@@ -119,7 +147,9 @@ impl CliError {
             | CliError::InvalidPolicy { .. }
             | CliError::Auth(mesh_auth::AuthError::BadId(_))
             | CliError::Connect(ConnectError::Settings(_)) => exit::USAGE,
-            CliError::Unconfirmed { .. } | CliError::PolicyUnconfirmed { .. } => exit::UNCONFIRMED,
+            CliError::Unconfirmed { .. }
+            | CliError::Incomplete { .. }
+            | CliError::PolicyUnconfirmed { .. } => exit::UNCONFIRMED,
             CliError::Interrupted(_) => exit::INTERRUPTED,
             _ if self.is_broken_pipe() => exit::OK,
             _ => exit::FAILURE,

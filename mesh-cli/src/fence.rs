@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::Subscriber;
 use futures::{StreamExt, TryStreamExt};
 use mesh_schemas::{AgentId, FenceAck, GatewayPresence};
@@ -15,23 +16,38 @@ use tokio::time::Instant;
 use crate::error::CliError;
 
 /// Every presence record in the gateways bucket that can be read, live or not.
+///
+/// Read from the bucket's stream leader (stream info and `STREAM.MSG.GET`), never with a KV
+/// get: that is a direct get, which any replica of the bucket may answer, and a node that has
+/// just come back answers from a copy that is behind. Its records look seconds old, so a kill
+/// would not wait for replicas that are live and delivering.
 pub async fn presences(store: &kv::Store) -> Result<Vec<GatewayPresence>, CliError> {
     let bucket = store.name.clone();
-    let keys: Vec<String> = store
-        .keys()
+    let prefix = format!("$KV.{bucket}.");
+    let subjects: Vec<(String, usize)> = store
+        .stream
+        .info_with_subjects(format!("{prefix}>"))
         .await
         .map_err(|e| CliError::nats(format!("could not list KV bucket {bucket}"), e))?
         .try_collect()
         .await
         .map_err(|e| CliError::nats(format!("could not list KV bucket {bucket}"), e))?;
-    let mut found = Vec::with_capacity(keys.len());
-    for key in keys {
-        let value = store
-            .get(&key)
-            .await
-            .map_err(|e| CliError::nats(format!("could not read {bucket}[{key}]"), e))?;
-        let Some(value) = value else { continue };
-        match mesh_schemas::decode::<GatewayPresence>(&value) {
+    let mut found = Vec::with_capacity(subjects.len());
+    for (subject, _) in subjects {
+        let key = subject
+            .strip_prefix(&prefix)
+            .unwrap_or(&subject)
+            .to_string();
+        let msg = match store.stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(msg) => msg,
+            Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => continue,
+            Err(e) => return Err(CliError::nats(format!("could not read {bucket}[{key}]"), e)),
+        };
+        // A deleted or purged key (a replica that stopped cleanly) is a marker without a value.
+        if msg.headers.get("KV-Operation").is_some() || msg.payload.is_empty() {
+            continue;
+        }
+        match mesh_schemas::decode::<GatewayPresence>(&msg.payload) {
             Ok(p) => found.push(p),
             Err(e) => {
                 tracing::warn!(bucket = %bucket, key = %key, error = %e, "ignoring an unreadable gateway presence record")

@@ -18,6 +18,7 @@
 //!   `resume`).
 //! - [`scan`]: every key of a KV bucket in one pass (for `status` at 10,000 agents).
 //! - [`fence`]: live gateway replicas and waiting for their confirmations.
+//! - [`retry`]: retrying a step until a deadline (a cluster electing after a node loss).
 //! - [`events`]: reading audit events from the audit stream (history and live).
 //! - [`local`]: finding and running nats-server and mesh-gateway processes for `up`.
 //! - [`output`]: tables for people, JSON for scripts.
@@ -39,6 +40,7 @@ pub mod local;
 pub mod mesh;
 pub mod output;
 pub mod policies;
+pub mod retry;
 pub mod scan;
 pub mod switch;
 

@@ -1,7 +1,8 @@
 //! [`Mesh`]: a connection to the mesh's NATS server with its configuration, and lookups of the
 //! mesh's streams and buckets that tell "not created yet" apart from a failure.
 
-use async_nats::jetstream::{self, context::GetStreamErrorKind, kv, stream};
+use async_nats::jetstream::context::{AccountError, AccountErrorKind, GetStreamErrorKind};
+use async_nats::jetstream::{self, kv, stream};
 use async_nats::Client;
 use mesh_gateway::MeshObjects;
 use mesh_schemas::Subjects;
@@ -23,20 +24,28 @@ pub struct Mesh {
 }
 
 impl Mesh {
-    /// Connects and checks that the server has JetStream.
+    /// Connects and checks that the server has JetStream. A JetStream that is there but does
+    /// not answer in time, or has no leader yet (a cluster electing after a node loss), is not
+    /// an error here: each command's own requests retry or fail with what they were doing.
     pub async fn open(cfg: CliConfig) -> Result<Mesh, CliError> {
         let client = connect::connect(&cfg).await?;
         let js = jetstream::new(client.clone());
-        js.query_account().await.map_err(|e| {
-            CliError::nats(
-                format!(
-                    "JetStream does not answer at {}; the mesh needs a server started with \
-                     JetStream (nats-server -js, or `mesh-cli up`) and a user allowed to use it",
-                    redact(&cfg.nats_url)
-                ),
-                e,
-            )
-        })?;
+        match js.query_account().await {
+            Ok(_) => {}
+            Err(e) if electing(&e) => {
+                tracing::warn!(error = %e, "JetStream does not answer yet (a cluster electing?); going on");
+            }
+            Err(e) => {
+                return Err(CliError::nats(
+                    format!(
+                        "JetStream does not answer at {}; the mesh needs a server started with \
+                         JetStream (nats-server -js, or `mesh-cli up`) and a user allowed to use it",
+                        redact(&cfg.nats_url)
+                    ),
+                    e,
+                ))
+            }
+        }
         let subjects = cfg.subjects();
         Ok(Mesh {
             client,
@@ -75,5 +84,17 @@ impl Mesh {
             .await
             .map(Some)
             .map_err(|e| CliError::nats(format!("could not open KV bucket {name}"), e))
+    }
+}
+
+/// Whether JetStream is there but cannot answer now: the request timed out, or the cluster has
+/// no meta leader. Both pass once the cluster has elected one.
+fn electing(e: &AccountError) -> bool {
+    match e.kind() {
+        AccountErrorKind::TimedOut => true,
+        AccountErrorKind::JetStream(j) => {
+            j.error_code() == jetstream::ErrorCode::CLUSTER_NOT_AVAILABLE
+        }
+        _ => false,
     }
 }

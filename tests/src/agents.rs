@@ -53,6 +53,11 @@ impl Recorder {
         self.count.send_modify(|c| *c += 1);
     }
 
+    /// A receiver that changes whenever a delivery is recorded, for waits of one's own.
+    pub fn count_watch(&self) -> watch::Receiver<usize> {
+        self.count.subscribe()
+    }
+
     /// Waits until at least `n` deliveries were recorded.
     pub async fn wait_for(&self, n: usize) {
         let mut rx = self.count.subscribe();

@@ -131,18 +131,23 @@ impl GatewayProcess {
     /// Starts `mesh-gateway` against an open server at `url` with the test settings, as
     /// environment variables.
     pub fn start(url: &str, id: &str) -> Self {
-        Self::spawn(url, None, id, false).0
+        Self::spawn(url, None, id, &[], false).0
+    }
+
+    /// Like [`GatewayProcess::start`], with more `MESH_*` variables (e.g. `MESH_REPLICAS`).
+    pub fn start_with(url: &str, id: &str, env: &[(&str, &str)]) -> Self {
+        Self::spawn(url, None, id, env, false).0
     }
 
     /// Starts `mesh-gateway` on `mesh` with the gateways' credentials.
     pub fn start_in(mesh: &crate::Mesh, id: &str) -> Self {
-        Self::spawn(&mesh.url(), mesh.gateway_creds(), id, false).0
+        Self::spawn(&mesh.url(), mesh.gateway_creds(), id, &[], false).0
     }
 
     /// Starts `mesh-gateway` on `mesh` with `--metrics-addr 127.0.0.1:0`; returns it with the
     /// address it bound, read from its log line (so no port is guessed or fixed).
     pub fn start_observed_in(mesh: &crate::Mesh, id: &str) -> (Self, std::net::SocketAddr) {
-        let (gw, addr) = Self::spawn(&mesh.url(), mesh.gateway_creds(), id, true);
+        let (gw, addr) = Self::spawn(&mesh.url(), mesh.gateway_creds(), id, &[], true);
         let addr = addr
             .expect("a listener")
             .recv_timeout(crate::DEADLINE)
@@ -154,6 +159,7 @@ impl GatewayProcess {
         url: &str,
         creds: Option<PathBuf>,
         id: &str,
+        env: &[(&str, &str)],
         observed: bool,
     ) -> (
         Self,
@@ -175,6 +181,7 @@ impl GatewayProcess {
         } else {
             cmd.env("RUST_LOG", log);
         }
+        cmd.envs(env.iter().copied());
         let mut child = cmd
             .arg("--nats-url")
             .arg(url)
@@ -199,6 +206,11 @@ impl GatewayProcess {
             child,
         };
         (gw, addr)
+    }
+
+    /// The exit status if the process has ended, `None` while it runs.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("poll mesh-gateway")
     }
 
     /// SIGKILL: a crash, no drain.
@@ -251,26 +263,55 @@ fn forward_log(
 /// The `mesh-gateway` binary of this workspace, built on first use if `cargo test` has not.
 pub fn gateway_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        // Test executables live in target/<profile>/deps; binaries one level up.
-        let exe = std::env::current_exe().expect("current exe");
-        let dir = exe
-            .parent()
-            .and_then(|d| d.parent())
-            .expect("target dir")
-            .to_path_buf();
-        let bin = dir.join("mesh-gateway");
-        // Build (a no-op when fresh): `cargo test -p mesh-tests` alone does not rebuild other
-        // packages' binaries, and a stale gateway would test old code.
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "mesh-gateway", "--bin", "mesh-gateway"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build -p mesh-gateway failed");
-        assert!(bin.exists(), "mesh-gateway not found at {}", bin.display());
-        bin
-    })
-    .clone()
+    BIN.get_or_init(|| workspace_binary("mesh-gateway")).clone()
+}
+
+/// The `mesh-cli` binary of this workspace, built on first use.
+pub fn cli_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| workspace_binary("mesh-cli")).clone()
+}
+
+/// Builds the binary `name` of package `name` (a no-op when fresh) and returns its path:
+/// `cargo test -p mesh-tests` alone does not rebuild other packages' binaries, and a stale one
+/// would test old code.
+fn workspace_binary(name: &str) -> PathBuf {
+    // Test executables live in target/<profile>/deps; binaries one level up.
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .to_path_buf();
+    let bin = dir.join(name);
+    let mut cmd = Command::new(env!("CARGO"));
+    // The variables cargo sets for this test binary (its package's name, manifest dir, ...)
+    // would reach the crates this build compiles and make their fingerprints differ from an
+    // ordinary build's: each would then rebuild what the other built.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_BIN_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "OUT_DIR",
+            ]
+            .contains(&key.as_ref())
+        {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    let status = cmd
+        .args(["build", "-q", "-p", name, "--bin", name])
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build -p {name} failed");
+    assert!(bin.exists(), "{name} not found at {}", bin.display());
+    bin
 }
 
 /// Waits until exactly the replicas `ids` are live in `mesh-gateways`.

@@ -74,25 +74,10 @@ pub async fn run(args: Args, ctx: &mut Ctx) -> Result<(), CliError> {
             args.agent
         ))?;
     }
-    unconfirmed(&outcome, &switch)
+    outcome.verdict("kill", switch.timeout)
 }
 
-/// Turns an incomplete fence into exit code 3.
-fn unconfirmed(outcome: &crate::switch::Outcome, switch: &Switch) -> Result<(), CliError> {
-    if outcome.confirmed {
-        Ok(())
-    } else {
-        Err(CliError::Unconfirmed {
-            action: "kill",
-            agent: outcome.agent.to_string(),
-            live: outcome.replicas.live.len(),
-            missing: outcome.replicas.missing.clone(),
-            timeout: switch.timeout,
-        })
-    }
-}
-
-/// Runs a switch, prints its outcome and turns an incomplete fence into exit code 3.
+/// Runs a switch, prints its outcome and turns an incomplete one into exit code 3.
 pub(crate) async fn apply_and_report(
     switch: Switch,
     action: &'static str,
@@ -105,15 +90,5 @@ pub(crate) async fn apply_and_report(
     } else {
         ctx.out.line(&outcome.summary())?;
     }
-    if outcome.confirmed {
-        Ok(())
-    } else {
-        Err(CliError::Unconfirmed {
-            action,
-            agent: outcome.agent.to_string(),
-            live: outcome.replicas.live.len(),
-            missing: outcome.replicas.missing.clone(),
-            timeout: switch.timeout,
-        })
-    }
+    outcome.verdict(action, switch.timeout)
 }

@@ -14,6 +14,9 @@ use mesh_tests::agents::{self, Recorder};
 use mesh_tests::gateways::{wait_live, GatewayTask};
 use mesh_tests::{connect, init_tracing};
 
+mod node_loss;
+mod quorum;
+
 /// Gateway settings for R3.
 fn r3(cfg: &mut mesh_gateway::GatewayConfig) {
     cfg.replicas = 3;
@@ -210,7 +213,7 @@ async fn a_replica_that_loses_its_node_and_the_kill_bucket_leader_never_delivers
     let js = jetstream::new(setup.clone());
     let mut cfg = mesh_gateway::GatewayConfig::default();
     r3(&mut cfg);
-    mesh_gateway::setup::ensure(&js, &cfg)
+    mesh_gateway::setup::ensure_ready(&js, &cfg)
         .await
         .expect("mesh objects");
     let lost = leader_of(&js, "KV_mesh-kill").await;
@@ -262,28 +265,39 @@ async fn watch_consumer_host(js: &jetstream::Context, bucket: &str) -> usize {
         .get_stream(format!("KV_{bucket}"))
         .await
         .expect("bucket stream");
-    let mut infos = stream.consumers();
-    let mut hosts = Vec::new();
-    while let Some(info) = infos.next().await {
-        let info = info.expect("consumer info");
-        // A stopped gateway's watch consumer lingers until its inactivity threshold.
-        if info.config.durable_name.is_none() && info.push_bound {
-            let leader = info
-                .cluster
-                .as_ref()
-                .and_then(|c| c.leader.clone())
-                .expect("consumer has a leader");
-            hosts.push(
-                leader
-                    .trim_start_matches('n')
-                    .parse::<usize>()
-                    .expect("n<i>")
-                    - 1,
-            );
+    // A watch that is being restarted (its replica was listed again after a slow presence
+    // write) has no consumer for a moment: look again until there is exactly one.
+    let start = std::time::Instant::now();
+    loop {
+        let mut infos = stream.consumers();
+        let mut hosts = Vec::new();
+        while let Some(info) = infos.next().await {
+            let info = info.expect("consumer info");
+            // A stopped gateway's watch consumer lingers until its inactivity threshold.
+            if info.config.durable_name.is_none() && info.push_bound {
+                let leader = info
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| c.leader.clone())
+                    .expect("consumer has a leader");
+                hosts.push(
+                    leader
+                        .trim_start_matches('n')
+                        .parse::<usize>()
+                        .expect("n<i>")
+                        - 1,
+                );
+            }
         }
+        if hosts.len() == 1 {
+            return hosts[0];
+        }
+        assert!(
+            start.elapsed() < mesh_tests::DEADLINE,
+            "one watch consumer on {bucket}: {hosts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(hosts.len(), 1, "one watch consumer on {bucket}: {hosts:?}");
-    hosts[0]
 }
 
 /// Issue 13, point 1, without a reconnect: the node running the watch's consumer is SIGKILLed
@@ -305,7 +319,7 @@ async fn a_replica_whose_watch_consumer_is_lost_never_delivers_past_a_kill() {
     let js = jetstream::new(setup.clone());
     let mut cfg = mesh_gateway::GatewayConfig::default();
     r3(&mut cfg);
-    mesh_gateway::setup::ensure(&js, &cfg)
+    mesh_gateway::setup::ensure_ready(&js, &cfg)
         .await
         .expect("mesh objects");
 

@@ -283,11 +283,12 @@ async fn ensure_stream(
             let name = want.name.clone();
             match js.create_stream(want.clone()).await {
                 Ok(s) => Ok(s),
-                // Another replica created it between our get and our create.
-                Err(_) => js
+                // Another replica created it between our get and our create; if it is not
+                // there either, the create's own error says why (a timeout, no leader, limits).
+                Err(create) => js
                     .get_stream(&name)
                     .await
-                    .map_err(|e| SetupError::stream(&name, e)),
+                    .map_err(|_| SetupError::stream(&name, create)),
             }
         }
         Err(e) => Err(SetupError::stream(&want.name, e)),

@@ -19,6 +19,13 @@
 //!
 //! The lane is the only writer of the parked set: only the active replica parks and unparks,
 //! and a replica that becomes active re-reads the set from NATS first.
+//!
+//! Order across a change of pin: nats-server forgets the pin when the consumer's leader changes
+//! (the node leading `mesh_deliver` is lost) and pins whichever replica pulls next, while the
+//! replica that had it may still hold intents it pulled. So a lane that sees a new `Nats-Pin-Id`
+//! holds everything from the first sequence it got under that pin until the consumer's ack
+//! floor reaches that sequence: the previous holder's intents are then delivered (and acked) or
+//! back in JetStream, which redelivers them here before anything newer of their sender.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -44,6 +51,9 @@ const RECENT_DONE: usize = 512;
 /// A replica that saw no message for this long may have lost the pin and got it back: it
 /// re-reads the parked set before it acts on the next message.
 const REFRESH_AFTER_IDLE: Duration = Duration::from_secs(1);
+
+/// How often a lane holding intents after a change of pin reads the consumer's ack floor.
+const HOLD_CHECK: Duration = Duration::from_millis(100);
 
 /// How long a stepping-down replica pauses the shared consumer at most (it resumes it itself
 /// after a few milliseconds; this bounds the pause if the process dies in between).
@@ -139,6 +149,21 @@ struct Lane {
     last_message: Instant,
     /// No parking attempt before this (after a failed one).
     park_retry_at: Instant,
+    /// The last `Nats-Pin-Id` seen on a message: a different one means the pin changed hands.
+    pin: Option<String>,
+    /// Intents received under a new pin, not started until the previous holder's are done.
+    hold: Option<Hold>,
+}
+
+/// What a lane holds after it gained a pin.
+struct Hold {
+    /// The first stream sequence received under the new pin. Intents below it belonged to the
+    /// previous holder; when the consumer's ack floor reaches `first - 1` they are all delivered,
+    /// rejected or parked, and what is held here can start.
+    first: u64,
+    /// Intents at or after `first`, as received.
+    messages: Vec<jetstream::Message>,
+    since: Instant,
 }
 
 impl Lane {
@@ -154,6 +179,8 @@ impl Lane {
             total: 0,
             last_message: Instant::now(),
             park_retry_at: Instant::now(),
+            pin: None,
+            hold: None,
         }
     }
 
@@ -183,6 +210,8 @@ impl Lane {
         progress.tick().await;
         let mut sweep = tokio::time::interval(Duration::from_millis(250));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut hold_check = tokio::time::interval(HOLD_CHECK);
+        hold_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -199,8 +228,14 @@ impl Lane {
                             let _ = item.msg.ack_with(AckKind::Progress).await;
                         }
                     }
+                    for msg in self.hold.iter().flat_map(|h| &h.messages) {
+                        let _ = msg.ack_with(AckKind::Progress).await;
+                    }
                 }
                 _ = sweep.tick() => self.sweep(),
+                // The ack floor moves with no event this replica could wait for (the previous
+                // holder acks its own intents), so it is read while intents are held.
+                _ = hold_check.tick(), if self.hold.is_some() => self.check_hold(consumer).await,
                 msg = messages.next(), if self.total < limit => {
                     match msg {
                         None => {
@@ -249,8 +284,76 @@ impl Lane {
                 return;
             }
         };
-        let pin = msg.headers.as_ref().and_then(|h| h.get_last(NATS_PIN_ID));
-        self.shared.metrics.saw_pin(pin.map(|v| v.as_str()));
+        let pin = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get_last(NATS_PIN_ID))
+            .map(|v| v.as_str().to_string());
+        self.shared.metrics.saw_pin(pin.as_deref());
+        if pin.is_some() && pin != self.pin {
+            tracing::info!(pin = ?pin, previous = ?self.pin, first = seq, "shared consumer pinned to this replica; holding new intents until the previous holder's are acknowledged");
+            self.pin = pin;
+            if self.hold.is_none() {
+                self.hold = Some(Hold {
+                    first: seq,
+                    messages: Vec::new(),
+                    since: Instant::now(),
+                });
+            }
+        }
+        if let Some(hold) = &mut self.hold {
+            if seq >= hold.first {
+                hold.messages.push(msg);
+                self.total += 1;
+                return;
+            }
+            // Below the first sequence of the new pin: the previous holder's intent, handed back
+            // or redelivered after its ack wait; it is older than everything held.
+        }
+        self.admit(msg, seq, delivered).await;
+    }
+
+    /// Reads the consumer's ack floor; releases the held intents once it has reached them.
+    async fn check_hold(&mut self, consumer: &PullConsumer) {
+        let Some(first) = self.hold.as_ref().map(|h| h.first) else {
+            return;
+        };
+        let floor = match consumer.get_info().await {
+            Ok(info) => info.ack_floor.stream_sequence,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the shared consumer's ack floor; holding");
+                return;
+            }
+        };
+        if floor + 1 < first {
+            return;
+        }
+        let Some(hold) = self.hold.take() else {
+            return;
+        };
+        tracing::info!(
+            first,
+            floor,
+            held = hold.messages.len(),
+            waited_ms = hold.since.elapsed().as_millis() as u64,
+            "previous pin holder's intents acknowledged; delivering"
+        );
+        // The previous holder may have parked or unparked recipients meanwhile.
+        self.parked_known = false;
+        let mut messages = hold.messages;
+        messages.sort_by_key(|m| m.info().map(|i| i.stream_sequence).unwrap_or(0));
+        self.total -= messages.len();
+        for msg in messages {
+            let (seq, delivered) = match msg.info() {
+                Ok(info) => (info.stream_sequence, info.delivered.max(1) as u32),
+                Err(_) => continue,
+            };
+            self.admit(msg, seq, delivered).await;
+        }
+    }
+
+    /// A message this lane may act on now.
+    async fn admit(&mut self, msg: jetstream::Message, seq: u64, delivered: u32) {
         if self.last_message.elapsed() >= REFRESH_AFTER_IDLE {
             self.parked_known = false;
         }
@@ -574,7 +677,16 @@ impl Lane {
             all.extend(r.queues.drain().flat_map(|(_, q)| q));
         }
         self.parking.clear();
-        all.into_iter().map(|i| (i.seq, i.msg)).collect()
+        let mut out: Vec<(u64, jetstream::Message)> =
+            all.into_iter().map(|i| (i.seq, i.msg)).collect();
+        if let Some(hold) = self.hold.take() {
+            for msg in hold.messages {
+                if let Ok(info) = msg.info() {
+                    out.push((info.stream_sequence, msg));
+                }
+            }
+        }
+        out
     }
 }
 

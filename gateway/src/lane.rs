@@ -151,11 +151,13 @@ struct Lane {
     park_retry_at: Instant,
     /// The last `Nats-Pin-Id` seen on a message: a different one means the pin changed hands.
     pin: Option<String>,
-    /// Intents received under a new pin, not started until the previous holder's are done.
-    hold: Option<Hold>,
+    /// Intents received under a new pin, not started until the previous holder's are done: one
+    /// segment per pin gained, oldest first (the pin can move away and back while the lane
+    /// still holds, and another replica then had the intents between two segments).
+    hold: VecDeque<Hold>,
 }
 
-/// What a lane holds after it gained a pin.
+/// What a lane holds after it gained a pin, up to the next pin it gained.
 struct Hold {
     /// The first stream sequence received under the new pin. Intents below it belonged to the
     /// previous holder; when the consumer's ack floor reaches `first - 1` they are all delivered,
@@ -180,7 +182,7 @@ impl Lane {
             last_message: Instant::now(),
             park_retry_at: Instant::now(),
             pin: None,
-            hold: None,
+            hold: VecDeque::new(),
         }
     }
 
@@ -235,7 +237,7 @@ impl Lane {
                 _ = sweep.tick() => self.sweep(),
                 // The ack floor moves with no event this replica could wait for (the previous
                 // holder acks its own intents), so it is read while intents are held.
-                _ = hold_check.tick(), if self.hold.is_some() => self.check_hold(consumer).await,
+                _ = hold_check.tick(), if !self.hold.is_empty() => self.check_hold(consumer).await,
                 msg = messages.next(), if self.total < limit => {
                     match msg {
                         None => {
@@ -293,29 +295,28 @@ impl Lane {
         if pin.is_some() && pin != self.pin {
             tracing::info!(pin = ?pin, previous = ?self.pin, first = seq, "shared consumer pinned to this replica; holding new intents until the previous holder's are acknowledged");
             self.pin = pin;
-            if self.hold.is_none() {
-                self.hold = Some(Hold {
+            if self.hold.back().is_none_or(|h| h.first < seq) {
+                self.hold.push_back(Hold {
                     first: seq,
                     messages: Vec::new(),
                     since: Instant::now(),
                 });
             }
         }
-        if let Some(hold) = &mut self.hold {
-            if seq >= hold.first {
-                hold.messages.push(msg);
-                self.total += 1;
-                return;
-            }
-            // Below the first sequence of the new pin: the previous holder's intent, handed back
-            // or redelivered after its ack wait; it is older than everything held.
+        // The newest segment that starts at or before this sequence. Below the first one: the
+        // previous holder's intent, handed back or redelivered after its ack wait; it is older
+        // than everything held.
+        if let Some(hold) = self.hold.iter_mut().rev().find(|h| h.first <= seq) {
+            hold.messages.push(msg);
+            self.total += 1;
+            return;
         }
         self.admit(msg, seq, delivered).await;
     }
 
     /// Reads the consumer's ack floor; releases the held intents once it has reached them.
     async fn check_hold(&mut self, consumer: &PullConsumer) {
-        let Some(first) = self.hold.as_ref().map(|h| h.first) else {
+        let Some(first) = self.hold.front().map(|h| h.first) else {
             return;
         };
         let floor = match consumer.get_info().await {
@@ -328,7 +329,9 @@ impl Lane {
         if floor + 1 < first {
             return;
         }
-        let Some(hold) = self.hold.take() else {
+        // One segment at a time: the next one waits for this one's intents to be acked, and for
+        // those another replica had between the two.
+        let Some(hold) = self.hold.pop_front() else {
             return;
         };
         tracing::info!(
@@ -359,22 +362,14 @@ impl Lane {
         }
         self.last_message = Instant::now();
         if !self.parked_known {
-            match setup::parked_recipients(&self.shared.objects.intents, &self.shared.cfg.names)
-                .await
-            {
-                Ok(set) => {
-                    self.parked = set;
-                    self.parked_known = true;
-                }
-                Err(e) => {
-                    // Without the parked set the lane could deliver a parked recipient's intent
-                    // twice or out of order: leave the message to come back.
-                    tracing::warn!(error = %e, "cannot list parked recipients; retrying");
-                    let _ = msg
-                        .ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
-                        .await;
-                    return;
-                }
+            if let Err(e) = self.read_parked().await {
+                // Without the parked set the lane could deliver a parked recipient's intent
+                // twice or out of order: leave the message to come back.
+                tracing::warn!(error = %e, "cannot list parked recipients; retrying");
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
+                    .await;
+                return;
             }
         }
         if self.held.contains(&seq) {
@@ -565,8 +560,28 @@ impl Lane {
         }
     }
 
+    /// Reads the parked set (the `in_*` consumers) from NATS.
+    async fn read_parked(&mut self) -> Result<(), setup::SetupError> {
+        let set =
+            setup::parked_recipients(&self.shared.objects.intents, &self.shared.cfg.names).await?;
+        self.parked = set;
+        self.parked_known = true;
+        Ok(())
+    }
+
     /// An unpark marker for `to` at stream sequence `seq`.
     async fn unpark(&mut self, to: &AgentId, seq: u64, reply: &str) {
+        if !self.parked.contains(to) {
+            // A replica that delivered while another still held the pin (a change of pin) may
+            // not know of a recipient the other parked meanwhile. Accepting the marker without
+            // deleting `in_<to>` would end its drain while the consumer stays, and this lane
+            // would skip the recipient's intents once it read the parked set again.
+            if let Err(e) = self.read_parked().await {
+                tracing::warn!(%to, error = %e, "cannot list parked recipients; declining an unpark marker");
+                answer_unpark(&self.shared.client, reply, seq, false).await;
+                return;
+            }
+        }
         let accepted = if self.parked.contains(to) {
             match park::try_unpark(&self.shared, to, seq).await {
                 Ok(true) => {
@@ -581,17 +596,10 @@ impl Lane {
                 }
             }
         } else {
+            // Unparked already (a marker sent again): the drain may end.
             true
         };
-        let answer = if accepted { "accepted" } else { "declined" };
-        if let Err(e) = self
-            .shared
-            .client
-            .publish(reply.to_string(), format!("{answer} {seq}").into())
-            .await
-        {
-            tracing::debug!(error = %e, "could not answer an unpark marker");
-        }
+        answer_unpark(&self.shared.client, reply, seq, accepted).await;
     }
 
     /// A clean stop: hands everything back in order and passes the pin on at once, so that a
@@ -679,7 +687,7 @@ impl Lane {
         self.parking.clear();
         let mut out: Vec<(u64, jetstream::Message)> =
             all.into_iter().map(|i| (i.seq, i.msg)).collect();
-        if let Some(hold) = self.hold.take() {
+        for hold in self.hold.drain(..) {
             for msg in hold.messages {
                 if let Ok(info) = msg.info() {
                     out.push((info.stream_sequence, msg));
@@ -699,4 +707,15 @@ fn start(shared: &Arc<Shared>, item: Item) -> Flight {
         let outcome = deliver(shared, item, from_gate, to_gate, OnFailure::GiveBack).await;
         (to, from, seq, outcome)
     })
+}
+
+/// Answers an unpark marker on its reply subject.
+async fn answer_unpark(client: &async_nats::Client, reply: &str, seq: u64, accepted: bool) {
+    let answer = if accepted { "accepted" } else { "declined" };
+    if let Err(e) = client
+        .publish(reply.to_string(), format!("{answer} {seq}").into())
+        .await
+    {
+        tracing::debug!(error = %e, "could not answer an unpark marker");
+    }
 }

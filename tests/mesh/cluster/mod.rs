@@ -14,6 +14,7 @@ use mesh_tests::node_loss::flood;
 use mesh_tests::{connect, init_tracing};
 
 mod node_loss;
+mod pin;
 mod quorum;
 
 /// Gateway settings for R3.

@@ -151,6 +151,8 @@ struct Lane {
     park_retry_at: Instant,
     /// The last `Nats-Pin-Id` seen on a message: a different one means the pin changed hands.
     pin: Option<String>,
+    /// The highest stream sequence received.
+    highest: u64,
     /// Intents received under a new pin, not started until the previous holder's are done: one
     /// segment per pin gained, oldest first (the pin can move away and back while the lane
     /// still holds, and another replica then had the intents between two segments).
@@ -163,7 +165,12 @@ struct Hold {
     /// previous holder; when the consumer's ack floor reaches `first - 1` they are all delivered,
     /// rejected or parked, and what is held here can start.
     first: u64,
-    /// Intents at or after `first`, as received.
+    /// The lowest sequence held here: `first`, or for a segment of redeliveries the oldest.
+    lowest: u64,
+    /// A segment of older intents redelivered while holding, kept ahead of the others: they go
+    /// once every intent before the oldest of them is acked.
+    redelivered: bool,
+    /// Intents at or after `first` (and older ones redelivered while holding), as received.
     messages: Vec<jetstream::Message>,
     since: Instant,
 }
@@ -182,6 +189,7 @@ impl Lane {
             last_message: Instant::now(),
             park_retry_at: Instant::now(),
             pin: None,
+            highest: 0,
             hold: VecDeque::new(),
         }
     }
@@ -295,20 +303,49 @@ impl Lane {
         if pin.is_some() && pin != self.pin {
             tracing::info!(pin = ?pin, previous = ?self.pin, first = seq, "shared consumer pinned to this replica; holding new intents until the previous holder's are acknowledged");
             self.pin = pin;
-            if self.hold.back().is_none_or(|h| h.first < seq) {
+            // The new pin's first message can be a redelivery of an older intent (the new
+            // leader does not know of progress acks sent to the old one): the segment starts
+            // after everything this lane has seen.
+            let first = seq.max(self.highest + 1);
+            if self.hold.back().is_none_or(|h| h.first < first) {
                 self.hold.push_back(Hold {
-                    first: seq,
+                    first,
+                    lowest: first,
+                    redelivered: false,
                     messages: Vec::new(),
                     since: Instant::now(),
                 });
             }
         }
-        // The newest segment that starts at or before this sequence. Below the first one: the
-        // previous holder's intent, handed back or redelivered after its ack wait; it is older
-        // than everything held.
+        self.highest = self.highest.max(seq);
+        if self.held.contains(&seq) {
+            // A redelivery of an intent this lane still holds: the held copy will be acked.
+            return;
+        }
+        // The newest segment that starts at or before this sequence. Below the first one, while
+        // holding: an older intent redelivered (handed back, or its ack wait ran out at the new
+        // leader) that the previous holder may also still hold; it waits in the oldest segment
+        // until every intent before it is acked.
         if let Some(hold) = self.hold.iter_mut().rev().find(|h| h.first <= seq) {
             hold.messages.push(msg);
             self.total += 1;
+            return;
+        }
+        if !self.hold.is_empty() {
+            match self.hold.front_mut() {
+                Some(hold) if hold.redelivered => hold.lowest = hold.lowest.min(seq),
+                _ => self.hold.push_front(Hold {
+                    first: seq,
+                    lowest: seq,
+                    redelivered: true,
+                    messages: Vec::new(),
+                    since: Instant::now(),
+                }),
+            }
+            if let Some(hold) = self.hold.front_mut() {
+                hold.messages.push(msg);
+                self.total += 1;
+            }
             return;
         }
         self.admit(msg, seq, delivered).await;
@@ -316,7 +353,7 @@ impl Lane {
 
     /// Reads the consumer's ack floor; releases the held intents once it has reached them.
     async fn check_hold(&mut self, consumer: &PullConsumer) {
-        let Some(first) = self.hold.front().map(|h| h.first) else {
+        let Some(first) = self.hold.front().map(|h| h.lowest) else {
             return;
         };
         let floor = match consumer.get_info().await {

@@ -104,6 +104,8 @@ pub struct Figures {
     /// Positions where a first delivery came before an earlier intent of the same sender.
     pub inversions: Vec<String>,
     pub kills: Vec<Kill>,
+    /// The nats-server release the run used.
+    pub server: String,
 }
 
 impl Figures {
@@ -341,9 +343,20 @@ pub async fn run_once() -> Figures {
         }
     }
     Figures {
+        server: setup.server_info().version,
         sent,
         delivered: got.len(),
         inversions,
         kills,
     }
+}
+
+/// Whether order across a change of the shared consumer's leader is asserted on this
+/// nats-server release. On 2.11 the step-down test still saw, in one run of three, one intent
+/// delivered after a later one (limit 11 in docs/GUARANTEES.md), not yet understood; from 2.12 on
+/// it is asserted.
+pub fn order_asserted_on(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (2, 12)
 }

@@ -19,6 +19,13 @@
 //!
 //! The lane is the only writer of the parked set: only the active replica parks and unparks,
 //! and a replica that becomes active re-reads the set from NATS first.
+//!
+//! Order across a change of pin: nats-server forgets the pin when the consumer's leader changes
+//! (the node leading `mesh_deliver` is lost) and pins whichever replica pulls next, while the
+//! replica that had it may still hold intents it pulled. So a lane that sees a new `Nats-Pin-Id`
+//! holds everything from the first sequence it got under that pin until the consumer's ack
+//! floor reaches that sequence: the previous holder's intents are then delivered (and acked) or
+//! back in JetStream, which redelivers them here before anything newer of their sender.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -44,6 +51,9 @@ const RECENT_DONE: usize = 512;
 /// A replica that saw no message for this long may have lost the pin and got it back: it
 /// re-reads the parked set before it acts on the next message.
 const REFRESH_AFTER_IDLE: Duration = Duration::from_secs(1);
+
+/// How often a lane holding intents after a change of pin reads the consumer's ack floor.
+const HOLD_CHECK: Duration = Duration::from_millis(100);
 
 /// How long a stepping-down replica pauses the shared consumer at most (it resumes it itself
 /// after a few milliseconds; this bounds the pause if the process dies in between).
@@ -139,6 +149,30 @@ struct Lane {
     last_message: Instant,
     /// No parking attempt before this (after a failed one).
     park_retry_at: Instant,
+    /// The last `Nats-Pin-Id` seen on a message: a different one means the pin changed hands.
+    pin: Option<String>,
+    /// The highest stream sequence received.
+    highest: u64,
+    /// Intents received under a new pin, not started until the previous holder's are done: one
+    /// segment per pin gained, oldest first (the pin can move away and back while the lane
+    /// still holds, and another replica then had the intents between two segments).
+    hold: VecDeque<Hold>,
+}
+
+/// What a lane holds after it gained a pin, up to the next pin it gained.
+struct Hold {
+    /// The first stream sequence received under the new pin. Intents below it belonged to the
+    /// previous holder; when the consumer's ack floor reaches `first - 1` they are all delivered,
+    /// rejected or parked, and what is held here can start.
+    first: u64,
+    /// The lowest sequence held here: `first`, or for a segment of redeliveries the oldest.
+    lowest: u64,
+    /// A segment of older intents redelivered while holding, kept ahead of the others: they go
+    /// once every intent before the oldest of them is acked.
+    redelivered: bool,
+    /// Intents at or after `first` (and older ones redelivered while holding), as received.
+    messages: Vec<jetstream::Message>,
+    since: Instant,
 }
 
 impl Lane {
@@ -154,6 +188,9 @@ impl Lane {
             total: 0,
             last_message: Instant::now(),
             park_retry_at: Instant::now(),
+            pin: None,
+            highest: 0,
+            hold: VecDeque::new(),
         }
     }
 
@@ -183,6 +220,8 @@ impl Lane {
         progress.tick().await;
         let mut sweep = tokio::time::interval(Duration::from_millis(250));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut hold_check = tokio::time::interval(HOLD_CHECK);
+        hold_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -199,8 +238,14 @@ impl Lane {
                             let _ = item.msg.ack_with(AckKind::Progress).await;
                         }
                     }
+                    for msg in self.hold.iter().flat_map(|h| &h.messages) {
+                        let _ = msg.ack_with(AckKind::Progress).await;
+                    }
                 }
                 _ = sweep.tick() => self.sweep(),
+                // The ack floor moves with no event this replica could wait for (the previous
+                // holder acks its own intents), so it is read while intents are held.
+                _ = hold_check.tick(), if !self.hold.is_empty() => self.check_hold(consumer).await,
                 msg = messages.next(), if self.total < limit => {
                     match msg {
                         None => {
@@ -249,29 +294,119 @@ impl Lane {
                 return;
             }
         };
-        let pin = msg.headers.as_ref().and_then(|h| h.get_last(NATS_PIN_ID));
-        self.shared.metrics.saw_pin(pin.map(|v| v.as_str()));
+        let pin = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get_last(NATS_PIN_ID))
+            .map(|v| v.as_str().to_string());
+        self.shared.metrics.saw_pin(pin.as_deref());
+        if pin.is_some() && pin != self.pin {
+            tracing::info!(pin = ?pin, previous = ?self.pin, first = seq, "shared consumer pinned to this replica; holding new intents until the previous holder's are acknowledged");
+            self.pin = pin;
+            // The new pin's first message can be a redelivery of an older intent (the new
+            // leader does not know of progress acks sent to the old one): the segment starts
+            // after everything this lane has seen.
+            let first = seq.max(self.highest + 1);
+            if self.hold.back().is_none_or(|h| h.first < first) {
+                self.hold.push_back(Hold {
+                    first,
+                    lowest: first,
+                    redelivered: false,
+                    messages: Vec::new(),
+                    since: Instant::now(),
+                });
+            }
+        }
+        self.highest = self.highest.max(seq);
+        if self.held.contains(&seq) {
+            // A redelivery of an intent this lane still holds: the held copy will be acked.
+            return;
+        }
+        // The newest segment that starts at or before this sequence. Below the first one, while
+        // holding: an older intent redelivered (handed back, or its ack wait ran out at the new
+        // leader) that the previous holder may also still hold; it waits in the oldest segment
+        // until every intent before it is acked.
+        if let Some(hold) = self.hold.iter_mut().rev().find(|h| h.first <= seq) {
+            hold.messages.push(msg);
+            self.total += 1;
+            return;
+        }
+        if !self.hold.is_empty() {
+            match self.hold.front_mut() {
+                Some(hold) if hold.redelivered => hold.lowest = hold.lowest.min(seq),
+                _ => self.hold.push_front(Hold {
+                    first: seq,
+                    lowest: seq,
+                    redelivered: true,
+                    messages: Vec::new(),
+                    since: Instant::now(),
+                }),
+            }
+            if let Some(hold) = self.hold.front_mut() {
+                hold.messages.push(msg);
+                self.total += 1;
+            }
+            return;
+        }
+        self.admit(msg, seq, delivered).await;
+    }
+
+    /// Reads the consumer's ack floor; releases the held intents once it has reached them.
+    async fn check_hold(&mut self, consumer: &PullConsumer) {
+        let Some(first) = self.hold.front().map(|h| h.lowest) else {
+            return;
+        };
+        let floor = match consumer.get_info().await {
+            Ok(info) => info.ack_floor.stream_sequence,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the shared consumer's ack floor; holding");
+                return;
+            }
+        };
+        if floor + 1 < first {
+            return;
+        }
+        // One segment at a time: the next one waits for this one's intents to be acked, and for
+        // those another replica had between the two.
+        let Some(hold) = self.hold.pop_front() else {
+            return;
+        };
+        tracing::info!(
+            first,
+            floor,
+            held = hold.messages.len(),
+            waited_ms = hold.since.elapsed().as_millis() as u64,
+            "previous pin holder's intents acknowledged; delivering"
+        );
+        // The previous holder may have parked or unparked recipients meanwhile.
+        self.parked_known = false;
+        let mut messages = hold.messages;
+        messages.sort_by_key(|m| m.info().map(|i| i.stream_sequence).unwrap_or(0));
+        self.total -= messages.len();
+        for msg in messages {
+            let (seq, delivered) = match msg.info() {
+                Ok(info) => (info.stream_sequence, info.delivered.max(1) as u32),
+                Err(_) => continue,
+            };
+            self.admit(msg, seq, delivered).await;
+        }
+    }
+
+    /// A message this lane may act on now.
+    async fn admit(&mut self, msg: jetstream::Message, seq: u64, delivered: u32) {
         if self.last_message.elapsed() >= REFRESH_AFTER_IDLE {
             self.parked_known = false;
         }
         self.last_message = Instant::now();
         if !self.parked_known {
-            match setup::parked_recipients(&self.shared.objects.intents, &self.shared.cfg.names)
-                .await
-            {
-                Ok(set) => {
-                    self.parked = set;
-                    self.parked_known = true;
-                }
-                Err(e) => {
-                    // Without the parked set the lane could deliver a parked recipient's intent
-                    // twice or out of order: leave the message to come back.
-                    tracing::warn!(error = %e, "cannot list parked recipients; retrying");
-                    let _ = msg
-                        .ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
-                        .await;
-                    return;
-                }
+            if let Err(e) = self.read_parked().await {
+                // Without the parked set the lane could deliver a parked recipient's intent
+                // twice or out of order: leave the message to come back.
+                tracing::warn!(error = %e, "cannot list parked recipients; retrying");
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
+                    .await;
+                return;
             }
         }
         if self.held.contains(&seq) {
@@ -462,8 +597,28 @@ impl Lane {
         }
     }
 
+    /// Reads the parked set (the `in_*` consumers) from NATS.
+    async fn read_parked(&mut self) -> Result<(), setup::SetupError> {
+        let set =
+            setup::parked_recipients(&self.shared.objects.intents, &self.shared.cfg.names).await?;
+        self.parked = set;
+        self.parked_known = true;
+        Ok(())
+    }
+
     /// An unpark marker for `to` at stream sequence `seq`.
     async fn unpark(&mut self, to: &AgentId, seq: u64, reply: &str) {
+        if !self.parked.contains(to) {
+            // A replica that delivered while another still held the pin (a change of pin) may
+            // not know of a recipient the other parked meanwhile. Accepting the marker without
+            // deleting `in_<to>` would end its drain while the consumer stays, and this lane
+            // would skip the recipient's intents once it read the parked set again.
+            if let Err(e) = self.read_parked().await {
+                tracing::warn!(%to, error = %e, "cannot list parked recipients; declining an unpark marker");
+                answer_unpark(&self.shared.client, reply, seq, false).await;
+                return;
+            }
+        }
         let accepted = if self.parked.contains(to) {
             match park::try_unpark(&self.shared, to, seq).await {
                 Ok(true) => {
@@ -478,17 +633,10 @@ impl Lane {
                 }
             }
         } else {
+            // Unparked already (a marker sent again): the drain may end.
             true
         };
-        let answer = if accepted { "accepted" } else { "declined" };
-        if let Err(e) = self
-            .shared
-            .client
-            .publish(reply.to_string(), format!("{answer} {seq}").into())
-            .await
-        {
-            tracing::debug!(error = %e, "could not answer an unpark marker");
-        }
+        answer_unpark(&self.shared.client, reply, seq, accepted).await;
     }
 
     /// A clean stop: hands everything back in order and passes the pin on at once, so that a
@@ -574,7 +722,16 @@ impl Lane {
             all.extend(r.queues.drain().flat_map(|(_, q)| q));
         }
         self.parking.clear();
-        all.into_iter().map(|i| (i.seq, i.msg)).collect()
+        let mut out: Vec<(u64, jetstream::Message)> =
+            all.into_iter().map(|i| (i.seq, i.msg)).collect();
+        for hold in self.hold.drain(..) {
+            for msg in hold.messages {
+                if let Ok(info) = msg.info() {
+                    out.push((info.stream_sequence, msg));
+                }
+            }
+        }
+        out
     }
 }
 
@@ -587,4 +744,15 @@ fn start(shared: &Arc<Shared>, item: Item) -> Flight {
         let outcome = deliver(shared, item, from_gate, to_gate, OnFailure::GiveBack).await;
         (to, from, seq, outcome)
     })
+}
+
+/// Answers an unpark marker on its reply subject.
+async fn answer_unpark(client: &async_nats::Client, reply: &str, seq: u64, accepted: bool) {
+    let answer = if accepted { "accepted" } else { "declined" };
+    if let Err(e) = client
+        .publish(reply.to_string(), format!("{answer} {seq}").into())
+        .await
+    {
+        tracing::debug!(error = %e, "could not answer an unpark marker");
+    }
 }

@@ -1,6 +1,7 @@
 //! Agents for tests, on plain async-nats: inbox servers that record every delivery, and senders.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_nats::jetstream;
 use async_nats::HeaderMap;
@@ -150,6 +151,19 @@ pub async fn serve(
     rec: Recorder,
     reply: bool,
 ) -> tokio::task::JoinHandle<()> {
+    serve_slowly(client, agent, instance, rec, reply, Duration::ZERO).await
+}
+
+/// [`serve`], with an agent that works `delay` on each delivery before it replies (one at a
+/// time), so that a gateway holds a queue for it.
+pub async fn serve_slowly(
+    client: &async_nats::Client,
+    agent: &str,
+    instance: &str,
+    rec: Recorder,
+    reply: bool,
+    delay: Duration,
+) -> tokio::task::JoinHandle<()> {
     let mut sub = client
         .queue_subscribe(format!("mesh.agent.{agent}.inbox"), agent.to_string())
         .await
@@ -169,6 +183,9 @@ pub async fn serve(
                 attempt: get("Mesh-Attempt").parse().unwrap_or(0),
                 payload: msg.payload.clone(),
             });
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             if reply {
                 if let Some(r) = msg.reply {
                     let _ = client.publish(r, Bytes::new()).await;

@@ -276,13 +276,13 @@ pub fn cli_binary() -> PathBuf {
 /// `cargo test -p mesh-tests` alone does not rebuild other packages' binaries, and a stale one
 /// would test old code.
 fn workspace_binary(name: &str) -> PathBuf {
-    // Test executables live in target/<profile>/deps; binaries one level up.
+    // Test executables live in target/<profile>/deps, binaries (and this crate's own, such as
+    // node-loss-loop) in target/<profile>.
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .to_path_buf();
+    let mut dir = exe.parent().expect("target dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
     let bin = dir.join(name);
     let mut cmd = Command::new(env!("CARGO"));
     // The variables cargo sets for this test binary (its package's name, manifest dir, ...)

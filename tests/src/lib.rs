@@ -13,11 +13,16 @@
 //!   operator); open mode on request.
 //! - [`operator`]: kill and resume with fence confirmation; audit reading.
 //! - [`http`]: a plain HTTP GET, for a replica's `/metrics` and probes.
+//! - [`cli`]: `mesh-cli` as a process.
+//! - [`node_loss`]: the flood-and-kill scenario across the loss of a cluster node (a test runs
+//!   it once, the `node-loss-loop` binary many times).
 
 pub mod agents;
+pub mod cli;
 pub mod gateways;
 pub mod http;
 pub mod mesh;
+pub mod node_loss;
 pub mod operator;
 
 pub use mesh::Mesh;

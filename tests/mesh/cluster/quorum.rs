@@ -2,45 +2,14 @@
 //! JetStream instead of exiting, and `mesh-cli kill` run then writes the flag as soon as the
 //! cluster can take it, within its `--timeout`, instead of failing at the first timeout.
 
-use std::process::Output;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use mesh_testkit::Cluster;
 use mesh_tests::agents::{self, Recorder};
+use mesh_tests::cli::{finished, mesh_cli, shown};
 use mesh_tests::gateways::{cli_binary, gateway_binary, wait_live, GatewayProcess};
 use mesh_tests::{connect, init_tracing, operator};
-
-/// Runs `mesh-cli` against `urls` (a comma-separated list) as an operator would.
-pub fn mesh_cli(urls: &str, args: &[&str]) -> tokio::process::Child {
-    tokio::process::Command::new(cli_binary())
-        .env_clear()
-        .env("MESH_NATS_URL", urls)
-        .env("RUST_LOG", "warn")
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn mesh-cli")
-}
-
-/// Waits for a `mesh-cli` started with [`mesh_cli`]; panics after a minute.
-pub async fn finished(child: tokio::process::Child) -> Output {
-    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("mesh-cli finished within a minute")
-        .expect("mesh-cli ran")
-}
-
-/// Both outputs of a finished `mesh-cli`, for assertion messages.
-pub fn shown(o: &Output) -> String {
-    format!(
-        "exit {:?}; stdout: {}; stderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout).trim(),
-        String::from_utf8_lossy(&o.stderr).trim()
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_quorum_a_gateway_waits_and_kill_lands_once_the_cluster_is_back() {

@@ -41,6 +41,8 @@
 //! - `probe.rs`: looks at a running server from outside: ports file, TCP connect, `/healthz`,
 //!   `/jsz`.
 //! - `error.rs`: [`HarnessError`], one variant per failure.
+//! - `workspace.rs`: [`workspace_binary`] builds and finds `mesh-gateway` or `mesh-cli` for
+//!   tests that run them as processes.
 //! - `container.rs` (feature `testcontainers`, off by default): `NatsContainer`, a `nats`
 //!   image started through Docker for machines that have an engine and no binary.
 
@@ -54,6 +56,7 @@ mod error;
 mod probe;
 mod process;
 mod server;
+mod workspace;
 
 pub use binary::{nats_server_binary, nats_server_version, DEFAULT_NATS_VERSION};
 pub use cluster::Cluster;
@@ -61,3 +64,4 @@ pub use cluster::Cluster;
 pub use container::NatsContainer;
 pub use error::HarnessError;
 pub use server::NatsServer;
+pub use workspace::workspace_binary;

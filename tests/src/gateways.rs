@@ -263,55 +263,15 @@ fn forward_log(
 /// The `mesh-gateway` binary of this workspace, built on first use if `cargo test` has not.
 pub fn gateway_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| workspace_binary("mesh-gateway")).clone()
+    BIN.get_or_init(|| mesh_testkit::workspace_binary("mesh-gateway"))
+        .clone()
 }
 
 /// The `mesh-cli` binary of this workspace, built on first use.
 pub fn cli_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| workspace_binary("mesh-cli")).clone()
-}
-
-/// Builds the binary `name` of package `name` (a no-op when fresh) and returns its path:
-/// `cargo test -p mesh-tests` alone does not rebuild other packages' binaries, and a stale one
-/// would test old code.
-fn workspace_binary(name: &str) -> PathBuf {
-    // Test executables live in target/<profile>/deps, binaries (and this crate's own, such as
-    // node-loss-loop) in target/<profile>.
-    let exe = std::env::current_exe().expect("current exe");
-    let mut dir = exe.parent().expect("target dir").to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let bin = dir.join(name);
-    let mut cmd = Command::new(env!("CARGO"));
-    // The variables cargo sets for this test binary (its package's name, manifest dir, ...)
-    // would reach the crates this build compiles and make their fingerprints differ from an
-    // ordinary build's: each would then rebuild what the other built.
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy();
-        if key.starts_with("CARGO_PKG_")
-            || key.starts_with("CARGO_BIN_")
-            || [
-                "CARGO_MANIFEST_DIR",
-                "CARGO_MANIFEST_PATH",
-                "CARGO_CRATE_NAME",
-                "CARGO_PRIMARY_PACKAGE",
-                "CARGO_TARGET_TMPDIR",
-                "OUT_DIR",
-            ]
-            .contains(&key.as_ref())
-        {
-            cmd.env_remove(key.as_ref());
-        }
-    }
-    let status = cmd
-        .args(["build", "-q", "-p", name, "--bin", name])
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "cargo build -p {name} failed");
-    assert!(bin.exists(), "{name} not found at {}", bin.display());
-    bin
+    BIN.get_or_init(|| mesh_testkit::workspace_binary("mesh-cli"))
+        .clone()
 }
 
 /// Waits until exactly the replicas `ids` are live in `mesh-gateways`.

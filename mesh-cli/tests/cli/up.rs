@@ -41,13 +41,13 @@ pub async fn start_up(extra: &[&str]) -> (tokio::process::Child, Value) {
 /// Builds the gateway next to mesh-cli (a no-op when fresh): a skipped test proves nothing, and
 /// `cargo test -p mesh-cli` alone would not rebuild another package's binary.
 pub fn build_gateway() {
-    let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "-q", "-p", "mesh-gateway", "--bin", "mesh-gateway"])
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "cargo build -p mesh-gateway failed");
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let built = BUILT.get_or_init(|| mesh_testkit::workspace_binary("mesh-gateway"));
     let gateway = std::path::Path::new(BIN).with_file_name("mesh-gateway");
-    assert!(gateway.is_file(), "{} is not built", gateway.display());
+    assert_eq!(
+        built, &gateway,
+        "mesh-gateway is not built next to mesh-cli"
+    );
 }
 
 /// Sends `signal`, then waits for the exit code.

@@ -66,11 +66,7 @@ async fn an_unreachable_server_fails_with_a_message_naming_the_url() {
 async fn demo_runs_the_rogue_agent_scenario_and_passes_its_checks() {
     // The demo starts mesh-gateway processes from next to mesh-cli: build it (a no-op when
     // fresh), since `cargo test -p mesh-cli` alone does not.
-    let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "-q", "-p", "mesh-gateway", "--bin", "mesh-gateway"])
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "cargo build -p mesh-gateway failed");
+    crate::up::build_gateway();
     let nats = mesh_testkit::nats_server_binary().expect("nats-server for the demo");
     let nats = nats.to_string_lossy().to_string();
     let o = mesh_cli(&["demo"], &[("MESH_NATS_SERVER", nats.as_str())]).await;

@@ -118,6 +118,14 @@ pub fn spawn(shared: &Arc<Shared>, to: AgentId) {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&to);
+            // A fence that saw this worker alive waits for it to mark the kill drained. A
+            // worker that ends (unparked, consumer gone, subscription reopened and found
+            // nothing) holds nothing, so it marks the current kill drained on its way out;
+            // otherwise that fence, and the kill waiting for it, would wait forever.
+            let gate = shared.gates.get(&to);
+            if let GateState::Killed { revision, .. } = gate.state() {
+                gate.mark_drained(revision);
+            }
         });
     }
 }

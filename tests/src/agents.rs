@@ -267,3 +267,26 @@ impl Rejections {
         );
     }
 }
+
+/// Publishes `from → to` intents with `action`, numbered from 0, as fast as PubAcks allow until
+/// `stop`; `sent` counts those stored.
+pub fn flood(
+    js: jetstream::Context,
+    from: &str,
+    to: &str,
+    action: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> tokio::task::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    let (from, to, action) = (from.to_string(), to.to_string(), action.to_string());
+    tokio::spawn(async move {
+        while !stop.load(Ordering::SeqCst) {
+            let n = sent.load(Ordering::SeqCst);
+            send(&js, &from, &to, &action, format!("{n}"))
+                .await
+                .expect("publish intent");
+            sent.fetch_add(1, Ordering::SeqCst);
+        }
+    })
+}

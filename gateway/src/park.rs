@@ -84,6 +84,8 @@ pub async fn try_unpark(
     }
     match stream.delete_consumer(&name).await {
         Ok(_) => Ok(true),
+        // Gone already: nothing of `to` waits in it any more.
+        Err(e) if setup::hold_failure(&e) == setup::HoldFailure::Gone => Ok(true),
         Err(e) => Err(consumer_error(Box::new(e))),
     }
 }

@@ -463,10 +463,12 @@ pub async fn create_parked_consumer(
     match stream.consumer_info(&name).await {
         Ok(info) => {
             start = start.min(info.ack_floor.stream_sequence + 1);
-            stream
-                .delete_consumer(&name)
-                .await
-                .map_err(|e| consumer_error(&name, e))?;
+            match stream.delete_consumer(&name).await {
+                Ok(_) => {}
+                // Deleted meanwhile (an unpark): what we wanted.
+                Err(e) if hold_failure(&e) == HoldFailure::Gone => {}
+                Err(e) => return Err(consumer_error(&name, e)),
+            }
         }
         Err(e) if is_not_found(&e) => {}
         Err(e) => return Err(consumer_error(&name, e)),
@@ -528,6 +530,14 @@ pub async fn parked_recipients(
 
 /// Pauses (holds) or resumes `to`'s parked consumer, if `to` is parked. The kill flag itself
 /// is what stops deliveries; the pause keeps a parked consumer quiet in NATS as well.
+///
+/// The consumer can be deleted while this runs: the shared lane unparks `to` (deletes
+/// `in_<id>`) or parks it again (replaces `in_<id>`) at any time. nats-server looks the
+/// consumer up and then rewrites its configuration; a delete in between fails the request with
+/// "error creating store for consumer: consumer does not exist" (code 10104) instead of "not
+/// found". So a failure that may mean "gone" is settled by reading the consumer again: gone
+/// means there is nothing to hold (the lane creates the next one with the gate's state), still
+/// there (or there again) means the pause or resume is repeated, which is idempotent.
 pub async fn set_hold(
     stream: &stream::Stream,
     cfg: &GatewayConfig,
@@ -535,25 +545,67 @@ pub async fn set_hold(
     held: bool,
 ) -> Result<(), SetupError> {
     let name = cfg.names.inbound_consumer(to);
-    let res = if held {
-        stream.pause_consumer(&name, hold_until()).await.map(|_| ())
-    } else {
-        stream.resume_consumer(&name).await.map(|_| ())
-    };
-    match res {
-        Ok(()) => Ok(()),
-        Err(e)
-            if matches!(
-                e.kind(),
-                jetstream::stream::ConsumerErrorKind::JetStream(ref j)
-                    if j.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND
-            ) =>
-        {
-            Ok(())
+    let mut attempt = 0u32;
+    loop {
+        let res = if held {
+            stream.pause_consumer(&name, hold_until()).await.map(|_| ())
+        } else {
+            stream.resume_consumer(&name).await.map(|_| ())
+        };
+        let e = match res {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        match hold_failure(&e) {
+            HoldFailure::Gone => return Ok(()),
+            HoldFailure::Other => return Err(consumer_error(&name, e)),
+            HoldFailure::MaybeGone => {}
         }
-        Err(e) => Err(consumer_error(&name, e)),
+        match stream.consumer_info(&name).await {
+            Err(info_err) if is_not_found(&info_err) => return Ok(()),
+            _ if attempt >= HOLD_RACE_ATTEMPTS => return Err(consumer_error(&name, e)),
+            _ => {}
+        }
+        attempt += 1;
+        tracing::debug!(%to, held, attempt, error = %e, "consumer changed under a pause or resume; trying again");
+        tokio::time::sleep(Duration::from_millis(5) * attempt).await;
     }
 }
+
+/// How often [`set_hold`] repeats a pause or resume that met a consumer being replaced. One
+/// repeat settles a delete; more cover a park and an unpark landing back to back.
+const HOLD_RACE_ATTEMPTS: u32 = 10;
+
+/// What a failed pause or resume says about the consumer.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum HoldFailure {
+    /// It does not exist.
+    Gone,
+    /// It was removed while the server updated it (or its store failed): read it again.
+    MaybeGone,
+    /// Anything else (a timeout, no leader): the caller decides whether to retry.
+    Other,
+}
+
+/// Sorts a failed request on `in_<id>` (pause, resume, delete) by what it says about the
+/// consumer.
+pub(crate) fn hold_failure(e: &jetstream::stream::ConsumerError) -> HoldFailure {
+    use jetstream::stream::ConsumerErrorKind;
+    let ConsumerErrorKind::JetStream(j) = e.kind() else {
+        return HoldFailure::Other;
+    };
+    match j.error_code() {
+        jetstream::ErrorCode::CONSUMER_NOT_FOUND => HoldFailure::Gone,
+        CONSUMER_STORE_FAILED | CONSUMER_DOES_NOT_EXIST => HoldFailure::MaybeGone,
+        _ => HoldFailure::Other,
+    }
+}
+
+/// nats-server `JSConsumerStoreFailedErrF`: the consumer's store could not be written, which
+/// is how a pause or resume of a consumer deleted meanwhile fails.
+const CONSUMER_STORE_FAILED: jetstream::ErrorCode = jetstream::ErrorCode(10104);
+/// nats-server `JSConsumerDoesNotExist` (code 10149), the cause inside the above.
+const CONSUMER_DOES_NOT_EXIST: jetstream::ErrorCode = jetstream::ErrorCode(10149);
 
 /// Intents waiting for `to`: those its parked consumer holds (undelivered or unacknowledged),
 /// or, when it is not parked, those after the shared lane's ack floor. Counted with a

@@ -118,6 +118,14 @@ pub fn spawn(shared: &Arc<Shared>, to: AgentId) {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&to);
+            // A fence that saw this worker alive waits for it to mark the kill drained. A
+            // worker that ends (unparked, consumer gone, subscription reopened and found
+            // nothing) holds nothing, so it marks the current kill drained on its way out;
+            // otherwise that fence, and the kill waiting for it, would wait forever.
+            let gate = shared.gates.get(&to);
+            if let GateState::Killed { revision, .. } = gate.state() {
+                gate.mark_drained(revision);
+            }
         });
     }
 }
@@ -322,6 +330,15 @@ async fn pull(
                         // Back to the head of its sender's queue: it is older than the rest.
                         buf.queues.entry(from.clone()).or_default().push_front(*item);
                         buf.busy.remove(&from);
+                        // The delivery saw a kill that this drain may never see as a state of
+                        // its own: a kill and the resume after it can reach the drain as one
+                        // change, which restarted only the senders that were idle then. Left
+                        // idle here, this sender would hold its queue until the ack wait (and
+                        // with max_ack_pending reached, nothing new arrives to restart it).
+                        if !killed && draining.is_none() {
+                            buf.busy.insert(from.clone());
+                            next_for_sender(shared, &mut buf, from, true);
+                        }
                     }
                 }
             }
@@ -539,11 +556,12 @@ async fn admit(
         admitted: false,
     };
     buf.held.insert(seq);
-    if buf.busy.contains(&from) || !deliver_now || !buf.may_start(seq) {
-        buf.queues.entry(from).or_default().push_back(item);
-    } else {
-        buf.busy.insert(from);
-        start(shared, buf, item);
+    // Always behind what the sender has queued: an idle sender can still have older intents
+    // queued (handed back, or held while killed), and those go first.
+    buf.queues.entry(from.clone()).or_default().push_back(item);
+    if deliver_now && !buf.busy.contains(&from) {
+        buf.busy.insert(from.clone());
+        next_for_sender(shared, buf, from, true);
     }
 }
 

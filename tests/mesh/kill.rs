@@ -10,25 +10,6 @@ use mesh_tests::gateways::{wait_live, GatewayProcess};
 use mesh_tests::operator;
 use mesh_tests::{eventually, init_tracing, Mesh};
 
-/// Publishes `from → to` intents numbered from 0 as fast as PubAcks allow until `stop`.
-fn flood(
-    js: async_nats::jetstream::Context,
-    from: &'static str,
-    to: &'static str,
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicUsize>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        while !stop.load(Ordering::SeqCst) {
-            let n = sent.load(Ordering::SeqCst);
-            agents::send(&js, from, to, "deploy.service", format!("{n}"))
-                .await
-                .expect("publish intent");
-            sent.fetch_add(1, Ordering::SeqCst);
-        }
-    })
-}
-
 #[tokio::test]
 async fn kill_under_load_stops_four_instances_at_once_and_resume_replays_in_order() {
     init_tracing();
@@ -62,17 +43,19 @@ async fn kill_under_load_stops_four_instances_at_once_and_resume_replays_in_orde
     let sent_out = Arc::new(AtomicUsize::new(0));
     let js_planner = async_nats::jetstream::new(mesh.agent("planner").await);
     let js_deployer = async_nats::jetstream::new(mesh.agent("deployer").await);
-    let planner = flood(
+    let planner = agents::flood(
         js_planner,
         "planner",
         "deployer",
+        "deploy.service",
         stop.clone(),
         sent_in.clone(),
     );
-    let rogue = flood(
+    let rogue = agents::flood(
         js_deployer,
         "deployer",
         "infra",
+        "deploy.service",
         stop.clone(),
         sent_out.clone(),
     );

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod bypass;
+mod churn;
 mod cluster;
 mod connect;
 mod crash;

@@ -13,25 +13,6 @@ use mesh_tests::gateways::{wait_live, GatewayProcess, GatewayTask};
 use mesh_tests::operator;
 use mesh_tests::{eventually, init_tracing, registered, Mesh};
 
-/// Publishes `from → to` intents numbered from 0 until `stop`.
-fn flood(
-    js: async_nats::jetstream::Context,
-    from: &'static str,
-    to: &'static str,
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicUsize>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        while !stop.load(Ordering::SeqCst) {
-            let n = sent.load(Ordering::SeqCst);
-            agents::send(&js, from, to, "work", format!("{n}"))
-                .await
-                .expect("publish intent");
-            sent.fetch_add(1, Ordering::SeqCst);
-        }
-    })
-}
-
 /// Waits until `counter` has grown by `more`.
 async fn grown(counter: &Arc<AtomicUsize>, more: usize) {
     let target = counter.load(Ordering::SeqCst) + more;
@@ -79,17 +60,19 @@ async fn kill_and_resume_cycles_under_load_keep_order_and_lose_nothing() {
     let stop = Arc::new(AtomicBool::new(false));
     let (sent_a, sent_b) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let js_planner = async_nats::jetstream::new(mesh.agent("planner").await);
-    let fa = flood(
+    let fa = agents::flood(
         js_planner.clone(),
         "planner",
         "worker",
+        "work",
         stop.clone(),
         sent_a.clone(),
     );
-    let fb = flood(
+    let fb = agents::flood(
         async_nats::jetstream::new(mesh.agent("ops").await),
         "ops",
         "worker",
+        "work",
         stop.clone(),
         sent_b.clone(),
     );

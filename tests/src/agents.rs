@@ -284,3 +284,50 @@ impl Rejections {
         );
     }
 }
+
+/// Publishes `from → to` intents with `action`, numbered from 0, as fast as PubAcks allow until
+/// `stop`; `sent` counts those stored.
+pub fn flood(
+    js: jetstream::Context,
+    from: &str,
+    to: &str,
+    action: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> tokio::task::JoinHandle<()> {
+    flood_within(js, [from, to, action], stop, sent, None)
+}
+
+/// Like [`flood`], but with `window = Some((rec, n))` it stores a new intent only while fewer
+/// than `n` are stored and not yet recorded by `rec` (delivered, or held while the recipient is
+/// killed): load that follows the recipient instead of outrunning it.
+pub fn flood_within(
+    js: jetstream::Context,
+    [from, to, action]: [&str; 3],
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    window: Option<(Recorder, usize)>,
+) -> tokio::task::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    let (from, to, action) = (from.to_string(), to.to_string(), action.to_string());
+    tokio::spawn(async move {
+        while !stop.load(Ordering::SeqCst) {
+            let n = sent.load(Ordering::SeqCst);
+            if let Some((rec, size)) = &window {
+                let mut count = rec.count_watch();
+                let room = count.wait_for(|c| n < c + size);
+                // Checked again at least every 10 ms, so that `stop` ends a full window too.
+                if tokio::time::timeout(std::time::Duration::from_millis(10), room)
+                    .await
+                    .is_err()
+                {
+                    continue;
+                }
+            }
+            send(&js, &from, &to, &action, format!("{n}"))
+                .await
+                .expect("publish intent");
+            sent.fetch_add(1, Ordering::SeqCst);
+        }
+    })
+}

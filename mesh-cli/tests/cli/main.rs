@@ -4,8 +4,10 @@
 
 mod agent;
 mod connection;
+mod console;
+mod http;
 mod policy;
-mod status;
+pub mod status;
 mod switch;
 mod up;
 mod usage;

@@ -93,11 +93,15 @@ impl Browser {
     }
 
     async fn cmd(&self, method: &str, path: &str, body: Value) -> Value {
-        let path = format!("/session/{}{path}", self.session);
-        let body = (method != "GET").then(|| body.to_string());
-        let (code, answer) = call(method, &self.base, &path, None, body.as_deref()).await;
+        let (code, answer) = self.try_cmd(method, path, body).await;
         assert_eq!(code, 200, "{method} {path}: {answer}");
         answer["value"].clone()
+    }
+
+    async fn try_cmd(&self, method: &str, path: &str, body: Value) -> (u16, Value) {
+        let path = format!("/session/{}{path}", self.session);
+        let body = (method != "GET").then(|| body.to_string());
+        call(method, &self.base, &path, None, body.as_deref()).await
     }
 
     pub async fn goto(&self, url: &str) {
@@ -116,10 +120,23 @@ impl Browser {
         v[ELEMENT].as_str().expect("an element").to_string()
     }
 
+    /// Clicks the element `css` selects. The agents table is redrawn every two seconds, so an
+    /// element found just before a redraw is stale by the click: it is found again then.
     pub async fn click(&self, css: &str) {
-        let id = self.find(css).await;
-        self.cmd("POST", &format!("/element/{id}/click"), json!({}))
-            .await;
+        for _ in 0..20 {
+            let id = self.find(css).await;
+            let (code, answer) = self
+                .try_cmd("POST", &format!("/element/{id}/click"), json!({}))
+                .await;
+            if code == 200 {
+                return;
+            }
+            assert_eq!(
+                answer["value"]["error"], "stale element reference",
+                "click {css}: {answer}"
+            );
+        }
+        panic!("click {css}: the element kept going stale");
     }
 
     /// Clears the input `css` selects and types `text` into it.

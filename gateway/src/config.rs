@@ -274,6 +274,9 @@ const CLI_ONLY_ENV: &[&str] = &[
     "MESH_NATS_VERSION",
     "MESH_FENCE_TIMEOUT",
     "MESH_AUTH_DIR",
+    "MESH_CONSOLE_ADDR",
+    "MESH_CONSOLE_TOKEN",
+    "MESH_CONSOLE_OPEN_READS",
 ];
 
 /// The machine's host name, for replica ids and presence records.

@@ -69,6 +69,9 @@ pub enum Command {
     Agent(cmd::agent::Args),
     /// The identities of a secured mesh for your own NATS servers: init.
     Auth(cmd::auth::Args),
+    /// Serve the HTTP API (agents, kill, resume, policies, audit, live events) and the web
+    /// console, authenticated by bearer tokens, until Ctrl-C.
+    Console(cmd::console::Args),
 }
 
 impl Command {
@@ -95,6 +98,7 @@ impl Command {
             Command::Demo(_) => "demo",
             Command::Agent(_) => "agent",
             Command::Auth(_) => "auth",
+            Command::Console(_) => "console",
         }
     }
 }

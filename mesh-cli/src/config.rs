@@ -45,6 +45,9 @@ const CLI_FIELDS: &[&str] = &[
     "names",
     "replicas",
     "fence_timeout",
+    "console_addr",
+    "console_token",
+    "console_open_reads",
 ];
 
 /// What mesh-cli needs to reach and name the mesh.
@@ -80,6 +83,15 @@ pub struct CliConfig {
     /// How long kill and resume wait for every live gateway replica to confirm.
     #[serde(with = "humantime_serde")]
     pub fence_timeout: Duration,
+    /// Where `mesh-cli console` listens (`--addr`).
+    pub console_addr: String,
+    /// The console's bearer tokens: `name:secret` pairs, comma separated (a bare `secret` is
+    /// the operator `operator`). The name goes into the audit record of every write; never
+    /// shown in `Debug`.
+    pub console_token: Option<Secret>,
+    /// Whether the console's reads (agents, policies, audit, events) are open without a token.
+    /// Writes always need one.
+    pub console_open_reads: bool,
 }
 
 impl Default for CliConfig {
@@ -98,6 +110,9 @@ impl Default for CliConfig {
             names: MeshNames::default(),
             replicas: 1,
             fence_timeout: Duration::from_secs(15),
+            console_addr: "127.0.0.1:8470".to_string(),
+            console_token: None,
+            console_open_reads: false,
         }
     }
 }

@@ -9,6 +9,7 @@
 //! - [`cli`]: the command line (clap): global flags and the subcommands.
 //! - [`config`]: [`CliConfig`], layered: defaults, file, `MESH_*` environment, flags.
 //! - [`connect`]: connecting with a deadline and an error that names the URL.
+//! - [`console`]: the HTTP API and web console of `mesh-cli console`.
 //! - [`mesh`]: [`mesh::Mesh`], a connected session, and lookups of the mesh's streams and buckets.
 //! - [`switch`]: the kill switch flow shared by `kill` and `resume` (flag, hold, fence, notice,
 //!   audit; a resume also resets the policy counters).
@@ -24,7 +25,7 @@
 //! - [`output`]: tables for people, JSON for scripts.
 //! - [`error`]: [`CliError`], exit codes, and the one-line error report.
 //! - [`cmd`]: one module per command: `kill`, `resume`, `status`, `policy`, `audit`, `tail`,
-//!   `up`, `demo`, `agent` (credentials), `auth` (`auth init`).
+//!   `up`, `demo`, `agent` (credentials), `auth` (`auth init`), `console`.
 
 #![forbid(unsafe_code)]
 
@@ -32,6 +33,7 @@ pub mod cli;
 pub mod cmd;
 pub mod config;
 pub mod connect;
+pub mod console;
 pub mod counters;
 pub mod error;
 pub mod events;
@@ -111,6 +113,7 @@ pub async fn run(
         Command::Tail(args) => cmd::tail::run(args, &mut ctx).await,
         Command::Up(args) => cmd::up::run(args, &mut ctx).await,
         Command::Demo(args) => cmd::demo::run(args, &mut ctx).await,
+        Command::Console(args) => cmd::console::run(args, &mut ctx).await,
         // The others are cut short by it.
         command => {
             let mut shutdown = ctx.take_shutdown();

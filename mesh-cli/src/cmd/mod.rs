@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod audit;
 pub mod auth;
+pub mod console;
 pub mod demo;
 pub mod kill;
 pub mod policy;

@@ -56,10 +56,6 @@ impl Target {
             _ => DEFAULT_POLICY_KEY,
         }
     }
-
-    fn is_default(&self) -> bool {
-        self.key() == DEFAULT_POLICY_KEY
-    }
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -483,6 +479,17 @@ impl BuiltIn {
 async fn get(args: GetArgs, ctx: &mut Ctx) -> Result<(), CliError> {
     let key = args.target.key().to_string();
     let mesh = Mesh::open(ctx.cfg.clone()).await?;
+    let view = view(&mesh, &key).await?;
+    if ctx.out.is_json() {
+        ctx.out.json(&view)?;
+        return Ok(());
+    }
+    print_view(&view, ctx)
+}
+
+/// The policy of `key` (an agent id or `_default`), and for an agent the default and the
+/// effective policy: what `policy get` and the console show.
+pub async fn view(mesh: &Mesh, key: &str) -> Result<View, CliError> {
     let store = mesh.bucket(&mesh.cfg.names.policy_bucket).await?;
     let read = |k: &str| {
         let store = store.clone();
@@ -494,8 +501,8 @@ async fn get(args: GetArgs, ctx: &mut Ctx) -> Result<(), CliError> {
             }
         }
     };
-    let policy = Shown::new(&key, read(&key).await?);
-    let default = if args.target.is_default() {
+    let policy = Shown::new(key, read(key).await?);
+    let default = if key == DEFAULT_POLICY_KEY {
         None
     } else {
         Some(Shown::new(
@@ -507,17 +514,12 @@ async fn get(args: GetArgs, ctx: &mut Ctx) -> Result<(), CliError> {
         Some(d) => policy.policy().merged_over(&d.policy()),
         None => policy.policy(),
     };
-    let view = View {
+    Ok(View {
         built_in: BuiltIn::of(&effective),
         policy,
         default,
         effective,
-    };
-    if ctx.out.is_json() {
-        ctx.out.json(&view)?;
-        return Ok(());
-    }
-    print_view(&view, ctx)
+    })
 }
 
 fn print_view(view: &View, ctx: &mut Ctx) -> Result<(), CliError> {

@@ -29,7 +29,7 @@ pub struct Args {}
 const COUNT_ALL_PENDING_UP_TO: usize = 200;
 
 /// One agent's line.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct AgentStatus {
     pub agent: String,
     /// `active`, `killed`, or `unreadable` (a kill record that cannot be decoded: gateways treat
@@ -80,7 +80,7 @@ pub struct AgentStatus {
 }
 
 /// One gateway replica's line.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct GatewayStatus {
     pub id: String,
     pub host: String,
@@ -93,7 +93,7 @@ pub struct GatewayStatus {
 }
 
 /// The whole report.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct Status {
     pub agents: Vec<AgentStatus>,
     pub gateways: Vec<GatewayStatus>,

@@ -3,12 +3,16 @@
 //! gateway replicas played by the test (or run in the test's process) where one is needed.
 
 mod agent;
+mod browser;
 mod connection;
+mod console;
+mod http;
 mod policy;
-mod status;
+pub mod status;
 mod switch;
 mod up;
 mod usage;
+mod webdriver;
 
 use std::process::Output;
 use std::time::Duration;

@@ -15,7 +15,7 @@ use crate::{assert_exit, json, mesh_cli, stdout};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-async fn agent(url: &str, env: &[(&str, &str)], id: &str) -> async_nats::Client {
+pub async fn agent(url: &str, env: &[(&str, &str)], id: &str) -> async_nats::Client {
     let o = mesh_cli(&["agent", "add", id], env).await;
     assert_exit(&o, 0);
     let creds = String::from_utf8(o.stdout).expect("utf-8");

@@ -29,7 +29,11 @@ pub async fn resume(client: &async_nats::Client, agent: &str) -> Fenced {
 
 async fn set(client: &async_nats::Client, agent: &str, record: KillRecord) -> Fenced {
     let id = AgentId::new(agent).expect("valid agent id");
-    let js = jetstream::new(client.clone());
+    let mut js = jetstream::new(client.clone());
+    // The test's deadline, not async-nats' 5 s, for each request: a loaded CI machine (two
+    // gateways and floods on 2 cores, nats-server 2.11) has answered a kill flag's put later
+    // than that. One request, no retry: a failure here is still a failure.
+    js.set_timeout(crate::DEADLINE);
     let cfg = GatewayConfig::default();
     let objects = mesh_gateway::setup::ensure(&js, &cfg)
         .await

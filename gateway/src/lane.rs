@@ -33,13 +33,13 @@ use std::time::Duration;
 
 use async_nats::header::NATS_PIN_ID;
 use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
-use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use mesh_schemas::headers::MESH_UNPARK_REPLY;
 use mesh_schemas::{AgentId, MeshNames};
 use tokio::time::Instant;
 
 use crate::deliver::{deliver, Item, OnFailure, Outcome};
+use crate::flights::Flights;
 use crate::park;
 use crate::setup;
 use crate::worker::{check, Shared};
@@ -109,7 +109,8 @@ enum Ended {
     Stream(String),
 }
 
-type Flight = futures::future::BoxFuture<'static, (AgentId, AgentId, u64, Outcome)>;
+/// A finished delivery: recipient, sender, stream sequence, outcome.
+type Done = (AgentId, AgentId, u64, Outcome);
 
 /// One recipient's work in the lane.
 #[derive(Default)]
@@ -143,7 +144,7 @@ struct Lane {
     parked_known: bool,
     /// Stream sequences in memory (queued or in flight), to drop JetStream redeliveries.
     held: HashSet<u64>,
-    flights: FuturesUnordered<Flight>,
+    flights: Flights<Done>,
     /// Intents in memory.
     total: usize,
     last_message: Instant,
@@ -184,7 +185,7 @@ impl Lane {
             parking: HashSet::new(),
             parked_known: false,
             held: HashSet::new(),
-            flights: FuturesUnordered::new(),
+            flights: Flights::default(),
             total: 0,
             last_message: Instant::now(),
             park_retry_at: Instant::now(),
@@ -471,7 +472,7 @@ impl Lane {
             }
         } else {
             r.busy.insert(from);
-            self.flights.push(start(&shared, item));
+            start(&shared, &mut self.flights, item);
         }
     }
 
@@ -515,7 +516,7 @@ impl Lane {
         match next {
             Some(item) => {
                 r.queued -= 1;
-                self.flights.push(start(&self.shared, item));
+                start(&self.shared, &mut self.flights, item);
             }
             None => {
                 r.busy.remove(&from);
@@ -735,15 +736,15 @@ impl Lane {
     }
 }
 
-fn start(shared: &Arc<Shared>, item: Item) -> Flight {
+fn start(shared: &Arc<Shared>, flights: &mut Flights<Done>, item: Item) {
     let from_gate = shared.gates.get(&item.from);
     let to_gate = shared.gates.get(&item.to);
     let (to, from, seq) = (item.to.clone(), item.from.clone(), item.seq);
     let shared = shared.clone();
-    Box::pin(async move {
+    flights.spawn(async move {
         let outcome = deliver(shared, item, from_gate, to_gate, OnFailure::GiveBack).await;
         (to, from, seq, outcome)
-    })
+    });
 }
 
 /// Answers an unpark marker on its reply subject.

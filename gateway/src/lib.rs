@@ -10,6 +10,7 @@
 //! - [`discover`]: finds parked recipients and starts their drains.
 //! - [`worker`]: the drain of one parked recipient's consumer; holds, retries, replays in order.
 //! - [`deliver`]: one intent's delivery: gate checks, policies, request, ack.
+//! - [`flights`]: deliveries in flight, each a task of its own (why: see the module).
 //! - [`reject`]: rejection notices and audit records.
 //! - [`activity`]: the agents seen as senders or recipients, in `mesh-activity` for status.
 //!
@@ -36,6 +37,7 @@ pub mod autokill;
 pub mod config;
 pub mod deliver;
 pub mod discover;
+pub mod flights;
 pub mod gate;
 pub mod health;
 pub mod http;

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
-use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use mesh_schemas::headers::{intent_id, parse_cost, MESH_COST, MESH_UNPARK_REPLY, NATS_MSG_ID};
 use mesh_schemas::{AgentId, MeshNames, Subjects};
@@ -28,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::GatewayConfig;
 use crate::deliver::{deliver, Item, OnFailure, Outcome};
+use crate::flights::Flights;
 use crate::gate::{GateState, Gates};
 use crate::reject::{Refusal, Rejector};
 use crate::setup::{self, MeshObjects};
@@ -210,15 +210,13 @@ enum Ended {
     Stream(String),
 }
 
-type Flight = futures::future::BoxFuture<'static, (AgentId, u64, Outcome)>;
-
 /// The buffered work of one recipient in this replica.
 struct Buffer {
     /// Intents waiting behind the one in flight for the same sender.
     queues: HashMap<AgentId, VecDeque<Item>>,
     /// Stream sequences held (queued or in flight), to drop JetStream redeliveries of them.
     held: HashSet<u64>,
-    flights: FuturesUnordered<Flight>,
+    flights: Flights<(AgentId, u64, Outcome)>,
     busy: HashSet<AgentId>,
     handed_back: Vec<Item>,
     /// An unpark marker is out at this stream sequence: nothing at or after it is started.
@@ -279,7 +277,7 @@ async fn pull(
     let mut buf = Buffer {
         queues: HashMap::new(),
         held: HashSet::new(),
-        flights: FuturesUnordered::new(),
+        flights: Flights::default(),
         busy: HashSet::new(),
         handed_back: Vec::new(),
         stop_at: None,
@@ -629,10 +627,10 @@ fn start(shared: &Arc<Shared>, buf: &mut Buffer, item: Item) {
     let from = item.from.clone();
     let seq = item.seq;
     let shared = shared.clone();
-    buf.flights.push(Box::pin(async move {
+    buf.flights.spawn(async move {
         let outcome = deliver(shared, item, from_gate, to_gate, OnFailure::Retry).await;
         (from, seq, outcome)
-    }));
+    });
 }
 
 /// After a delivery of `from` ended: start its next intent (unless the recipient is killed or

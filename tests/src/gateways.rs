@@ -51,6 +51,19 @@ impl GatewayTask {
         Self::run(client, cfg, id)
     }
 
+    /// Starts a replica on an open server at `url` over `client`, a connection the test built
+    /// itself (to give it connect options of its own).
+    pub fn start_on(
+        client: async_nats::Client,
+        url: &str,
+        id: &str,
+        tweak: impl FnOnce(&mut GatewayConfig),
+    ) -> Self {
+        let mut cfg = test_config(url, id);
+        tweak(&mut cfg);
+        Self::run(client, cfg, id)
+    }
+
     /// Starts a replica on `mesh` with the gateways' credentials.
     pub async fn start_in(
         mesh: &crate::Mesh,

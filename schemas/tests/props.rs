@@ -158,6 +158,23 @@ proptest! {
         prop_assert!(matches!(r, Err(SubjectError::EmptyToken { .. })), "{:?}", r);
     }
 
+    /// The agent libraries refuse a delivery whose action has a wildcard character, a space or
+    /// a control character (and then never answer it), so the gateway must refuse such an
+    /// intent up front instead of delivering it.
+    #[test]
+    fn an_accepted_action_has_no_wildcard_space_or_control_character(
+        from in ID, to in ID, act in "[a-z*>]{1,4}(\\.[a-z*> \t\u{7f}]{1,4}){0,2}"
+    ) {
+        let subject = format!("mesh.intent.{from}.{to}.{act}");
+        match Subjects::default().parse_intent(&subject) {
+            Ok(p) => prop_assert!(
+                !p.action.contains(|c: char| matches!(c, '*' | '>') || c.is_whitespace() || c.is_control()),
+                "{:?} accepted", p.action
+            ),
+            Err(e) => prop_assert!(matches!(e, SubjectError::BadAction { .. }), "{}", e),
+        }
+    }
+
     #[test]
     fn inbox_and_notice_subjects_put_the_id_in_one_token(p in prefix(), a in ID) {
         let s = Subjects::new(p).expect("valid prefix");

@@ -122,13 +122,18 @@ fn intent(runner: &mut TestRunner, by: By, from: String, n: usize) -> Piece {
         prop_oneof![
             4 => "[a-z]{1,6}(\\.[a-z]{1,6}){0,2}",
             1 => "[a-z]{1,6}\\.\\.[a-z]{1,6}",
+            1 => "[a-z]{0,3}[*>][a-z]{0,3}",
             1 => "[a-z]{1,6}\\.",
         ],
     );
     let mut headers = draw(runner, headers());
     // Nats-Msg-Id: absent, valid (unique, so JetStream keeps it), or past 256 bytes.
     let msg_id = draw(runner, prop::option::of((any::<bool>(), "[ -~]{0,20}")));
-    let mut valid = is_id(&from) && is_id(&to) && action.split('.').all(|t| !t.is_empty());
+    let mut valid = is_id(&from)
+        && is_id(&to)
+        && action
+            .split('.')
+            .all(|t| !t.is_empty() && !t.contains(['*', '>']));
     if let Some((long, text)) = msg_id {
         let id = if long {
             format!("g{n}-{text}{}", "x".repeat(260))

@@ -376,3 +376,58 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod props {
+    //! Property tests of the delivery headers an agent reads: what a gateway sends reads back
+    //! as sent; anything else never panics, and what is accepted keeps the rules.
+    use super::*;
+    use mesh_schemas::subjects::bad_action_char;
+    use proptest::prelude::*;
+
+    fn headers(id: &str, from: &str, action: &str, attempt: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            (MESH_INTENT_ID, id),
+            (MESH_FROM, from),
+            (MESH_ACTION, action),
+            (MESH_ATTEMPT, attempt),
+        ] {
+            h.insert(k, v);
+        }
+        h
+    }
+
+    proptest! {
+        #[test]
+        fn gateway_headers_round_trip(
+            id in "[!-~]{1,256}",
+            from in "[A-Za-z0-9_-]{1,64}",
+            action in "[a-z0-9_-]{1,8}(\\.[a-z0-9_-]{1,8}){0,3}",
+            attempt in 1u32..,
+        ) {
+            let meta = Meta::parse(&headers(&id, &from, &action, &attempt.to_string()))
+                .expect("a gateway's delivery");
+            prop_assert_eq!(meta.intent_id, id);
+            prop_assert_eq!(meta.from.as_str(), from.as_str());
+            prop_assert_eq!(meta.action, action);
+            prop_assert_eq!(meta.attempt, attempt);
+        }
+
+        #[test]
+        fn what_is_accepted_keeps_the_rules(
+            id in "[ -~]{0,8}",
+            from in "[ -~]{0,8}",
+            action in "[a-z*> .\t]{0,8}",
+            attempt in "[ -~]{0,6}|-?[0-9]{1,12}",
+        ) {
+            if let Ok(meta) = Meta::parse(&headers(&id, &from, &action, &attempt)) {
+                prop_assert!(!meta.intent_id.is_empty());
+                prop_assert!(AgentId::new(meta.from.as_str()).is_ok());
+                prop_assert_eq!(bad_action_char(&meta.action), None);
+                prop_assert!(meta.action.split('.').all(|t| !t.is_empty()));
+                prop_assert!(meta.attempt >= 1);
+            }
+        }
+    }
+}

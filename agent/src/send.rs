@@ -66,10 +66,7 @@ pub fn validate_action(action: &str) -> Result<(), InvalidAction> {
     if action.is_empty() {
         return Err(InvalidAction::Empty);
     }
-    if let Some(ch) = action
-        .chars()
-        .find(|c| matches!(c, '*' | '>') || c.is_whitespace() || c.is_control())
-    {
+    if let Some(ch) = mesh_schemas::subjects::bad_action_char(action) {
         return Err(InvalidAction::BadChar {
             action: action.to_string(),
             ch,

@@ -15,6 +15,8 @@ pub enum CodecError {
     Json(#[from] serde_json::Error),
     #[error("record is empty")]
     Empty,
+    #[error("record is followed by {0} more bytes: it is damaged or not one record")]
+    Trailing(usize),
 }
 
 /// Encodes a record as a MessagePack map with field names.
@@ -27,7 +29,17 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
         None => Err(CodecError::Empty),
         Some(b'{') => Ok(serde_json::from_slice(bytes)?),
-        Some(_) => Ok(rmp_serde::from_slice(bytes)?),
+        Some(_) => {
+            // rmp_serde::from_slice stops at the end of the first value; bytes after it mean
+            // the record is not what its writer wrote, and a kill flag read from such bytes
+            // must fail closed rather than read as "active".
+            let mut de = rmp_serde::Deserializer::new(bytes);
+            let value = T::deserialize(&mut de)?;
+            match de.get_ref().len() {
+                0 => Ok(value),
+                n => Err(CodecError::Trailing(n)),
+            }
+        }
     }
 }
 
@@ -53,6 +65,16 @@ mod tests {
         assert!(matches!(
             decode::<KillRecord>(b"\xc1\xff garbage"),
             Err(CodecError::Decode(_))
+        ));
+        assert!(matches!(
+            decode::<KillRecord>(
+                &[
+                    encode(&KillRecord::active("", "")).expect("encodes"),
+                    vec![0]
+                ]
+                .concat()
+            ),
+            Err(CodecError::Trailing(1))
         ));
         assert!(matches!(
             decode::<KillRecord>(b"{not json"),

@@ -138,11 +138,17 @@ pub fn parse_duration(field: &'static str, s: &str) -> Result<Duration, PolicyEr
     let n: u64 = num
         .parse()
         .map_err(|_| err(field, format!("{s:?} is not <number><ms|s|m|h>")))?;
+    let secs = |per: u64| {
+        // A record's number can be anything; overflow is an error, not a panic or a wrap.
+        n.checked_mul(per)
+            .map(Duration::from_secs)
+            .ok_or_else(|| err(field, format!("{s:?} is too long")))
+    };
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
+        "m" => secs(60)?,
+        "h" => secs(3600)?,
         _ => return Err(err(field, format!("unit {unit:?} is not ms, s, m or h"))),
     };
     if d.is_zero() {
@@ -399,6 +405,10 @@ mod tests {
         };
         assert_eq!(ok.validate(), Ok(()));
         assert_eq!(Rate::parse("600/m").map(|r| r.count), Ok(600));
+        assert_eq!(
+            parse_duration("degraded_after", "5200000000000000h").map_err(|e| e.field),
+            Err("degraded_after")
+        );
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub enum SubjectError {
     MissingAction { subject: String },
     #[error("subject {subject:?} has an empty token")]
     EmptyToken { subject: String },
+    #[error("action in {subject:?} contains {ch:?}; wildcards, spaces and control characters are not allowed")]
+    BadAction { subject: String, ch: char },
     #[error("bad sender in {subject:?}: {source}")]
     BadSender {
         subject: String,
@@ -46,6 +48,14 @@ pub enum SubjectError {
         "prefix {0:?} is not a valid subject prefix (tokens of A-Z a-z 0-9 _ -, separated by dots)"
     )]
     BadPrefix(String),
+}
+
+/// The first character an action may not contain: `*`, `>`, whitespace or a control character.
+/// The gateway and the agent libraries apply the same rule.
+pub fn bad_action_char(action: &str) -> Option<char> {
+    action
+        .chars()
+        .find(|c| matches!(c, '*' | '>') || c.is_whitespace() || c.is_control())
 }
 
 impl Default for Subjects {
@@ -106,6 +116,14 @@ impl Subjects {
         if action.split('.').any(str::is_empty) {
             return Err(SubjectError::EmptyToken {
                 subject: subject.to_string(),
+            });
+        }
+        // What the agent libraries accept (mesh-agent's `validate_action`): a delivery they
+        // refuse would never be answered and would block its sender's queue.
+        if let Some(ch) = bad_action_char(action) {
+            return Err(SubjectError::BadAction {
+                subject: subject.to_string(),
+                ch,
             });
         }
         let from = AgentId::new(from).map_err(|source| SubjectError::BadSender {
@@ -243,6 +261,10 @@ mod tests {
         assert!(matches!(
             s.parse_intent("mesh.intent.A.B.x..y"),
             Err(SubjectError::EmptyToken { .. })
+        ));
+        assert!(matches!(
+            s.parse_intent("mesh.intent.A.B.de*ploy"),
+            Err(SubjectError::BadAction { ch: '*', .. })
         ));
         assert!(matches!(
             s.parse_intent("mesh.intent.a$b.B.x"),

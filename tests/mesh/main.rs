@@ -8,6 +8,7 @@ mod cluster;
 mod connect;
 mod crash;
 mod delivery;
+mod garbage;
 mod grafana;
 mod health;
 mod kill;

@@ -177,3 +177,71 @@ mod tests {
         assert_eq!(t.allow(t0 + Duration::from_secs(11)), None);
     }
 }
+
+#[cfg(test)]
+mod props {
+    //! Property tests: a heartbeat the agent library would send reads back as sent; anything
+    //! else never panics, and what is accepted keeps the rules.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn headers(instance: Option<&str>, cost: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(i) = instance {
+            h.insert(MESH_INSTANCE, i);
+        }
+        if let Some(c) = cost {
+            h.insert(MESH_COST_TOTAL, c);
+        }
+        h
+    }
+
+    proptest! {
+        #[test]
+        fn valid_heartbeats_round_trip(
+            agent in "[A-Za-z0-9_-]{1,64}",
+            instance in "[!-~]{1,128}",
+            cost in prop::option::of(0.0f64..1e9),
+        ) {
+            let cost_text = cost.map(|c| c.to_string());
+            let h = headers(Some(&instance), cost_text.as_deref());
+            let hb = parse("mesh", &format!("mesh.hb.{agent}"), Some(&h)).expect("valid");
+            prop_assert_eq!(hb.agent.as_str(), agent.as_str());
+            prop_assert_eq!(hb.instance, instance);
+            prop_assert_eq!(hb.cost_total, cost);
+        }
+
+        #[test]
+        fn what_is_accepted_keeps_the_rules(
+            subject in "mesh\\.hb\\.[A-Za-z0-9_.*> -]{0,70}|.{0,20}",
+            instance in prop::option::of("[ -~\t]{0,140}"),
+            cost in prop::option::of("[ -~]{0,12}"),
+        ) {
+            let h = headers(instance.as_deref(), cost.as_deref());
+            if let Ok(hb) = parse("mesh", &subject, Some(&h)) {
+                prop_assert_eq!(format!("mesh.hb.{}", hb.agent), subject);
+                prop_assert!(!hb.instance.is_empty() && hb.instance.len() <= MAX_INSTANCE_LEN);
+                prop_assert!(!hb.instance.chars().any(char::is_control));
+                prop_assert!(hb.cost_total.is_none_or(|c| c.is_finite() && c >= 0.0));
+            }
+        }
+
+        #[test]
+        fn one_bad_character_in_the_agent_is_refused(
+            agent in "[A-Za-z0-9_-]{1,64}",
+            at in any::<usize>(),
+            bad in prop::sample::select(vec!['.', '*', '>', '$', 'é', '/']),
+        ) {
+            let mut chars: Vec<char> = agent.chars().collect();
+            let i = at % chars.len();
+            chars[i] = bad;
+            let spoiled: String = chars.into_iter().collect();
+            let h = headers(Some("i-1"), None);
+            let subject = format!("mesh.hb.{spoiled}");
+            prop_assert!(matches!(
+                parse("mesh", &subject, Some(&h)),
+                Err(BadHeartbeat::Agent(_))
+            ));
+        }
+    }
+}

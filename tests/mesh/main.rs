@@ -15,4 +15,5 @@ mod metrics;
 mod park;
 mod policy;
 mod rate;
+mod region;
 mod sdk;

@@ -7,7 +7,7 @@
 //! <dir>/gateway.creds      the gateways' credentials
 //! <dir>/operator.creds     mesh-cli's (the operator's) credentials
 //! <dir>/system.creds       a system-account user, only for pushing account updates
-//! <dir>/leaf.creds         the link of a region's leaf node to the hub (made on first use)
+//! <dir>/leaf.creds         the link of a region's leaf node to the hub
 //! <dir>/nats-auth.conf     for nats-server: operator, system account, preloaded account JWTs
 //! ```
 //!
@@ -139,6 +139,7 @@ impl AuthDir {
         };
         dir.save_registry(&Registry::default())?;
         dir.write_trusted_creds()?;
+        dir.leaf_creds()?;
         dir.write_server_include()?;
         Ok(dir)
     }

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | agent `<id>` | `<p>.intent.<id>.>`, `<p>.hb.<id>`, `_INBOX_<id>.>`; one reply to each request it receives | `<p>.agent.<id>.>`, `_INBOX_<id>.>` |
 //! | gateway | `$JS.API.>`, `$JS.ACK.>`, `$JS.FC.>`, `$KV.>`, `<p>.>`, `_GW_INBOX.>` | `<p>.>`, `_GW_INBOX.>` |
-//! | operator | `$JS.API.>`, `$JS.ACK.>`, `$JS.FC.>`, `$KV.>`, `<p>.>`, `_CLI_INBOX.>` | `<p>.>`, `_CLI_INBOX.>` |
+//! | operator | `$JS.API.>`, `$JS.ACK.>`, `$JS.FC.>`, `$KV.>`, `$JS.*.API.>` (through a domain), `<p>.>`, `_CLI_INBOX.>` | `<p>.>`, `_CLI_INBOX.>` |
 //! | leaf link (a region's server) | `>` in the mesh account | `>` in the mesh account |
 //! | system (revocation only) | `$SYS.REQ.CLAIMS.UPDATE`, `$SYS.REQ.ACCOUNT.*.CLAIMS.UPDATE`, `$SYS.REQ.SERVER.PING.>` | `_CLI_INBOX.>` |
 //!
@@ -116,6 +116,10 @@ pub fn gateway(prefix: &str) -> Permissions {
 /// The operator (mesh-cli, console): kill flags, policies, audit, status, control notices.
 pub fn operator(prefix: &str) -> Permissions {
     let mut publish = jetstream_subjects();
+    // The JetStream API (buckets included) through a domain: how an operator connected to a
+    // region's leaf node reaches the hub's streams, since `$JS.API.>` and `$KV.>` do not cross
+    // a leaf link.
+    publish.push("$JS.*.API.>".into());
     publish.push(format!("{prefix}.>"));
     publish.push(format!("{OPERATOR_INBOX}.>"));
     Permissions {

@@ -1,10 +1,10 @@
 //! Agents in two regions (issue 10): region B's server is a leaf node of the hub (region A),
-//! where the streams and the gateway live. One agent runs instances in both regions. One
-//! `mesh-cli kill` against the hub stops its work to and from both; held work survives a cut of
+//! where the streams and the gateway live. One agent runs instances in both regions. One kill,
+//! made with `mesh-cli` against the hub or by an operator connected to region B's leaf (through
+//! the hub's JetStream domain), stops its work to and from both; held work survives a cut of
 //! the link between the regions and arrives in order, once, after the resume; a sender in
 //! region B gets no acknowledgement while the link is cut and is stored once it retries after
-//! the link is back. An operator connected to region B's server cannot reach the mesh's
-//! JetStream API (nats-server keeps it off leaf links), so kills are made through the hub.
+//! the link is back.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use async_nats::jetstream;
 use mesh_tests::agents::{self, Recorder};
 use mesh_tests::cli::{finished, mesh_cli, shown};
 use mesh_tests::gateways::{cli_binary, wait_live, GatewayTask};
+use mesh_tests::mesh::HUB_DOMAIN;
 use mesh_tests::region::Region;
 use mesh_tests::{eventually, init_tracing, operator, Mesh};
 
@@ -161,22 +162,23 @@ async fn one_kill_stops_the_agents_instances_in_both_regions() {
         "nothing reached the killed agent"
     );
 
-    // An operator connected to region B's server cannot reach the mesh's streams and buckets:
-    // nats-server denies `$JS.API.>` and `$KV.>` on a leaf link of an account (no JetStream
-    // domain is shared). Operators of region B run mesh-cli against the hub's URL.
+    // Resumed from region B, by an operator connected to the leaf. nats-server keeps
+    // `$JS.API.>` and `$KV.>` off a leaf link of an account: the operator reaches the hub's
+    // streams and buckets through its JetStream domain.
     let op_b = mesh.operator_at(&b).await;
-    let mut from_b = jetstream::new(op_b.clone());
-    from_b.set_timeout(Duration::from_secs(2));
+    let mut plain = jetstream::new(op_b.clone());
+    plain.set_timeout(Duration::from_secs(2));
     assert!(
-        from_b.get_stream("MESH_INTENTS").await.is_err(),
-        "the JetStream API crossed the leaf link"
+        plain.get_stream("MESH_INTENTS").await.is_err(),
+        "the JetStream API crossed the leaf link without the hub's domain"
     );
-    cli(&mesh, &mesh.url(), &["resume", "worker"]).await;
+    operator::resume_in(&op_b, HUB_DOMAIN, "worker").await;
     to_worker.wait_unique("planner", total_in).await;
     to_worker.assert_in_order("planner", total_in);
 
-    // Killed again: work sent from either region is held, none delivered; then resumed.
-    operator::kill(&op_a, "worker", "again").await;
+    // Killed again from region B: work sent from either region is held, none delivered; then
+    // resumed from region A with mesh-cli.
+    operator::kill_in(&op_b, HUB_DOMAIN, "worker", "from region B").await;
     let delivered = to_worker.len();
     let js_a = jetstream::new(mesh.agent("planner").await);
     let js_b = jetstream::new(mesh.agent_at(&b, "planner").await);
@@ -209,13 +211,9 @@ async fn held_work_survives_a_cut_of_the_link_between_regions() {
     let _w_b = worker(&mesh, &b, "w-b", &to_worker).await;
     let _w_a = worker(&mesh, &mesh.url(), "w-a", &to_worker).await;
 
-    // Killed from region A; work for it accumulates from senders in both regions.
-    cli(
-        &mesh,
-        &mesh.url(),
-        &["kill", "worker", "--reason", "hold across the cut"],
-    )
-    .await;
+    // Killed from region B; work for it accumulates from senders in both regions.
+    let op_b = mesh.operator_at(&b).await;
+    operator::kill_in(&op_b, HUB_DOMAIN, "worker", "hold across the cut").await;
     let js_a = jetstream::new(mesh.agent("sender-a").await);
     let mut js_b = jetstream::new(mesh.agent_at(&b, "sender-b").await);
     js_b.set_timeout(Duration::from_millis(500));

@@ -12,6 +12,9 @@ use tempfile::TempDir;
 
 use crate::NatsServer;
 
+/// The JetStream domain of [`Mesh::start_hub`].
+pub const HUB_DOMAIN: &str = "hub";
+
 /// A nats-server and the identities to use it.
 pub struct Mesh {
     /// The server (restart, stop, logs).
@@ -32,11 +35,15 @@ impl Mesh {
         })
     }
 
-    /// [`Mesh::start`] with a leafnode listener: the hub (region A) that other regions link
-    /// to (see [`crate::region::Region`]).
+    /// [`Mesh::start`] with a leafnode listener and the JetStream domain [`HUB_DOMAIN`]: the
+    /// hub (region A) that other regions link to (see [`crate::region::Region`]). Operators in
+    /// another region reach its JetStream API and buckets through that domain only.
     pub fn start_hub() -> Mesh {
         Self::secured(|auth, jwt| {
-            NatsServer::start_hub_with_conf(&auth.server_config(jwt).expect("server config"))
+            let conf = auth.region_server_config(jwt).expect("server config");
+            NatsServer::start_hub_with_conf(&format!(
+                "{conf}jetstream {{\n  domain: {HUB_DOMAIN}\n}}\n"
+            ))
         })
     }
 

@@ -7,6 +7,7 @@
 //! <dir>/gateway.creds      the gateways' credentials
 //! <dir>/operator.creds     mesh-cli's (the operator's) credentials
 //! <dir>/system.creds       a system-account user, only for pushing account updates
+//! <dir>/leaf.creds         the link of a region's leaf node to the hub
 //! <dir>/nats-auth.conf     for nats-server: operator, system account, preloaded account JWTs
 //! ```
 //!
@@ -138,6 +139,7 @@ impl AuthDir {
         };
         dir.save_registry(&Registry::default())?;
         dir.write_trusted_creds()?;
+        dir.leaf_creds()?;
         dir.write_server_include()?;
         Ok(dir)
     }
@@ -189,6 +191,27 @@ impl AuthDir {
     /// The operator's (mesh-cli's) credentials file.
     pub fn operator_creds(&self) -> PathBuf {
         self.root.join("operator.creds")
+    }
+
+    /// The credentials a region's leaf node links to the hub with, in the mesh account
+    /// (written on first use, so older auth directories get them too). See
+    /// [`permissions::leaf`] for why the link may carry anything of that account.
+    pub fn leaf_creds(&self) -> Result<PathBuf, AuthError> {
+        let path = self.root.join("leaf.creds");
+        if !path.exists() {
+            let user = KeyPair::new_user();
+            let token = jwt::user(
+                &self.key("mesh-account")?,
+                &user.public_key(),
+                "mesh-leaf",
+                &permissions::leaf(),
+                now(),
+                None,
+            )?;
+            let seed = user.seed().map_err(|e| AuthError::Key(e.to_string()))?;
+            write_secret(&path, &creds::format(&token, &seed))?;
+        }
+        Ok(path)
     }
 
     /// The system user's credentials file (account pushes only).
@@ -434,9 +457,19 @@ impl AuthDir {
     /// JetStream. Listen address, ports and store dir are left to the caller.
     pub fn server_config(&self, resolver_dir: &Path) -> Result<String, AuthError> {
         Ok(format!(
+            "{}jetstream: enabled\n",
+            self.region_server_config(resolver_dir)?
+        ))
+    }
+
+    /// The config of a region's leaf node: the same identity and a full resolver of its own
+    /// under `resolver_dir`, so agents authenticate at the leaf with their own credentials;
+    /// no JetStream (the mesh's streams live in the hub). The caller adds the `leafnodes`
+    /// remote with [`AuthDir::leaf_creds`].
+    pub fn region_server_config(&self, resolver_dir: &Path) -> Result<String, AuthError> {
+        Ok(format!(
             "{identity}\
-             resolver {{ type: full, dir: \"{dir}\", allow_delete: false, interval: \"2m\", timeout: \"1.9s\" }}\n\
-             jetstream: enabled\n",
+             resolver {{ type: full, dir: \"{dir}\", allow_delete: false, interval: \"2m\", timeout: \"1.9s\" }}\n",
             identity = self.identity_conf()?,
             dir = resolver_dir.display(),
         ))

@@ -5,7 +5,8 @@
 //! |---|---|---|
 //! | agent `<id>` | `<p>.intent.<id>.>`, `<p>.hb.<id>`, `_INBOX_<id>.>`; one reply to each request it receives | `<p>.agent.<id>.>`, `_INBOX_<id>.>` |
 //! | gateway | `$JS.API.>`, `$JS.ACK.>`, `$JS.FC.>`, `$KV.>`, `<p>.>`, `_GW_INBOX.>` | `<p>.>`, `_GW_INBOX.>` |
-//! | operator | `$JS.API.>`, `$JS.ACK.>`, `$JS.FC.>`, `$KV.>`, `<p>.>`, `_CLI_INBOX.>` | `<p>.>`, `_CLI_INBOX.>` |
+//! | operator | `$JS.API.>`, `$JS.ACK.>`, `$JS.FC.>`, `$KV.>`, `$JS.*.API.>` (through a domain), `<p>.>`, `_CLI_INBOX.>` | `<p>.>`, `_CLI_INBOX.>` |
+//! | leaf link (a region's server) | `>` in the mesh account | `>` in the mesh account |
 //! | system (revocation only) | `$SYS.REQ.CLAIMS.UPDATE`, `$SYS.REQ.ACCOUNT.*.CLAIMS.UPDATE`, `$SYS.REQ.SERVER.PING.>` | `_CLI_INBOX.>` |
 //!
 //! The system user lives in the system account, which no agent can reach; mesh-cli uses the
@@ -115,11 +116,27 @@ pub fn gateway(prefix: &str) -> Permissions {
 /// The operator (mesh-cli, console): kill flags, policies, audit, status, control notices.
 pub fn operator(prefix: &str) -> Permissions {
     let mut publish = jetstream_subjects();
+    // The JetStream API (buckets included) through a domain: how an operator connected to a
+    // region's leaf node reaches the hub's streams, since `$JS.API.>` and `$KV.>` do not cross
+    // a leaf link.
+    publish.push("$JS.*.API.>".into());
     publish.push(format!("{prefix}.>"));
     publish.push(format!("{OPERATOR_INBOX}.>"));
     Permissions {
         publish,
         subscribe: vec![format!("{prefix}.>"), format!("{OPERATOR_INBOX}.>")],
+        responses: None,
+    }
+}
+
+/// The link of a region's leaf node to the hub: everything in the mesh account. It carries
+/// the traffic of every client of that region, whose own permissions the leaf server enforces
+/// (it trusts the same operator and accounts), and the agents' reply inboxes (`_INBOX_<id>`)
+/// cannot be matched by a narrower wildcard. Only leaf servers hold it.
+pub fn leaf() -> Permissions {
+    Permissions {
+        publish: vec![">".into()],
+        subscribe: vec![">".into()],
         responses: None,
     }
 }

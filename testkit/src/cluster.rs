@@ -18,7 +18,7 @@ use crate::{nats_server_binary, probe, HarnessError};
 const CLUSTER_NAME: &str = "mesh-testkit";
 
 /// Attempts at starting a cluster when a reserved cluster port was taken meanwhile.
-const PORT_ATTEMPTS: usize = 5;
+pub(crate) const PORT_ATTEMPTS: usize = 5;
 
 /// Cluster nodes are ready once JetStream is on; quorum is checked separately, because a
 /// restarted node cannot be healthy while too few of the others run.
@@ -212,7 +212,7 @@ fn node_conf(name: &str, cluster_port: u16, routes: &[String]) -> String {
 }
 
 /// Finds `count` distinct free ports by holding `127.0.0.1:0` listeners, then releases them.
-fn reserve_ports(count: usize) -> Result<Vec<u16>, HarnessError> {
+pub(crate) fn reserve_ports(count: usize) -> Result<Vec<u16>, HarnessError> {
     let listeners = (0..count)
         .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
         .collect::<Result<Vec<_>, _>>()

@@ -36,6 +36,8 @@
 //! - `server.rs`: [`NatsServer`], a single server: start, restart, stop, kill, drop.
 //! - `cluster.rs`: [`Cluster`], N nodes `n1`.. with routes to each other; waits for a JetStream
 //!   meta leader.
+//! - `leaf.rs`: [`LeafNode`], a server of another region linked to a hub (started with
+//!   [`NatsServer::start_hub_with_conf`]) through a relay the test can cut and restore.
 //! - `process.rs`: one process: the command line the harness owns, spawn, wait until ready,
 //!   graceful stop.
 //! - `probe.rs`: looks at a running server from outside: ports file, TCP connect, `/healthz`,
@@ -53,6 +55,7 @@ mod cluster;
 #[cfg(feature = "testcontainers")]
 mod container;
 mod error;
+mod leaf;
 mod probe;
 mod process;
 mod server;
@@ -63,5 +66,6 @@ pub use cluster::Cluster;
 #[cfg(feature = "testcontainers")]
 pub use container::NatsContainer;
 pub use error::HarnessError;
+pub use leaf::{LeafNode, Remote};
 pub use server::NatsServer;
 pub use workspace::workspace_binary;

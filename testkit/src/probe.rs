@@ -122,6 +122,23 @@ fn parse_meta_view(body: &str) -> Option<MetaView> {
     Some(MetaView { leader, current })
 }
 
+/// How many leaf-node connections the server with this monitoring port has (`/leafz`), either
+/// way (as a hub or as a leaf); `None` if it cannot say.
+pub(crate) fn leaf_count(monitor: u16) -> Option<usize> {
+    let (status, body) = http_get(monitor, "/leafz").ok()?;
+    if status != 200 {
+        return None;
+    }
+    parse_leaf_count(&body)
+}
+
+fn parse_leaf_count(body: &str) -> Option<usize> {
+    let json: serde_json::Value = serde_json::from_str(body).ok()?;
+    json.get("leafnodes")?
+        .as_u64()
+        .and_then(|n| usize::try_from(n).ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,5 +168,13 @@ mod tests {
         let view = parse_meta_view(r#"{"meta_cluster":{"leader":""}}"#).expect("a meta view");
         assert_eq!(view, MetaView::default());
         assert_eq!(parse_meta_view(r#"{"streams":0}"#), None);
+    }
+
+    #[test]
+    fn parses_the_leaf_count() {
+        let leafz = r#"{"server_id":"N","now":"x","leafnodes":1,"leafs":[{"name":"leaf"}]}"#;
+        assert_eq!(parse_leaf_count(leafz), Some(1));
+        assert_eq!(parse_leaf_count(r#"{"leafnodes":0}"#), Some(0));
+        assert_eq!(parse_leaf_count(r#"{"leafs":[]}"#), None);
     }
 }

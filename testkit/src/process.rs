@@ -264,14 +264,14 @@ impl Drop for Proc {
 }
 
 /// Polling interval that starts short (most waits end within milliseconds) and grows.
-struct Backoff(Duration);
+pub(crate) struct Backoff(Duration);
 
 impl Backoff {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Backoff(Duration::from_millis(5))
     }
 
-    fn wait(&mut self) {
+    pub(crate) fn wait(&mut self) {
         std::thread::sleep(self.0);
         self.0 = (self.0 * 2).min(Duration::from_millis(100));
     }

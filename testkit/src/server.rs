@@ -9,6 +9,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tempfile::TempDir;
 
+use crate::cluster::{reserve_ports, PORT_ATTEMPTS};
 use crate::probe::Ports;
 use crate::process::{Launch, Proc};
 use crate::{nats_server_binary, HarnessError};
@@ -27,6 +28,9 @@ pub struct NatsServer {
     launch: Launch,
     /// Client and monitoring ports, chosen on the first start and kept by restarts.
     ports: Ports,
+    /// The port of the `leafnodes { listen }` block, for a hub started with
+    /// [`NatsServer::start_hub_with_conf`]; fixed in the config, so restarts keep it.
+    leafnode_port: Option<u16>,
     /// The process, `None` while stopped.
     proc: Mutex<Option<Proc>>,
     /// Owns config, store, log and ports file; declared last so it is deleted after the
@@ -69,14 +73,53 @@ impl NatsServer {
         Ok(Self::assemble(launch, dir, proc, ports))
     }
 
+    /// Starts a hub for leaf nodes: `conf` plus a `leafnodes { listen }` block on a free port
+    /// of 127.0.0.1 (see [`NatsServer::leafnode_port`] and [`crate::LeafNode`]). Leaf nodes
+    /// authenticate as users of the hub's config, e.g. with credentials of its accounts.
+    ///
+    /// # Panics
+    /// When no nats-server can be found or it does not start (e.g. the config is invalid).
+    pub fn start_hub_with_conf(conf: &str) -> NatsServer {
+        Self::try_start_hub_with_conf(conf).unwrap_or_else(|e| panic!("mesh-testkit: hub: {e}"))
+    }
+
+    /// Like [`NatsServer::start_hub_with_conf`], returning the error instead of panicking.
+    pub fn try_start_hub_with_conf(conf: &str) -> Result<NatsServer, HarnessError> {
+        // The port must be written into the config, so it is reserved and released first;
+        // another process may take it meanwhile, then the hub starts again on a new one.
+        let mut attempt = 1;
+        loop {
+            let port = reserve_ports(1)?[0];
+            let conf = format!(
+                "{conf}\n# leaf nodes (regions) connect here; written by mesh-testkit\n\
+                 leafnodes {{\n  listen: \"127.0.0.1:{port}\"\n}}\n"
+            );
+            match Self::try_start_with_conf(&conf) {
+                Err(HarnessError::PortInUse { .. }) if attempt < PORT_ATTEMPTS => attempt += 1,
+                Err(e) => return Err(e),
+                Ok(mut server) => {
+                    server.leafnode_port = Some(port);
+                    return Ok(server);
+                }
+            }
+        }
+    }
+
     /// Wraps a started process; the cluster starts its nodes in parallel and then calls this.
     pub(crate) fn assemble(launch: Launch, dir: TempDir, proc: Proc, ports: Ports) -> NatsServer {
         NatsServer {
             launch,
             ports,
+            leafnode_port: None,
             proc: Mutex::new(Some(proc)),
             _dir: dir,
         }
+    }
+
+    /// The port leaf nodes connect to, for a server started with
+    /// [`NatsServer::start_hub_with_conf`]; `None` otherwise.
+    pub fn leafnode_port(&self) -> Option<u16> {
+        self.leafnode_port
     }
 
     /// `nats://127.0.0.1:<port>`.

@@ -1,10 +1,11 @@
 //! The harness against real nats-server processes: start, JetStream data across restart, stop,
-//! kill, custom config, cleanup on drop, and a three-node cluster with an R3 stream.
+//! kill, custom config, cleanup on drop, a three-node cluster with an R3 stream, and a leaf node
+//! whose link to its hub is cut and restored.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
-use mesh_testkit::{nats_server_version, Cluster, HarnessError, NatsServer};
+use mesh_testkit::{nats_server_version, Cluster, HarnessError, LeafNode, NatsServer, Remote};
 
 async fn connect(url: impl async_nats::ToServerAddrs) -> async_nats::Client {
     async_nats::ConnectOptions::new()
@@ -218,4 +219,39 @@ async fn cluster_runs_an_r3_stream_through_a_leader_restart() {
     cluster.wait_for_meta_leader();
     let js = jetstream::new(connect(cluster.node(leader).url()).await);
     assert_eq!(stored(&js, "RTHREE").await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaf_reaches_the_hub_stream_until_its_link_is_cut_and_again_once_restored() {
+    let hub = NatsServer::start_hub_with_conf("jetstream: enabled");
+    let leaf = tokio::task::block_in_place(|| LeafNode::start(&hub, "", &[Remote::default()]));
+    let hub_js = jetstream::new(connect(hub.url()).await);
+    hub_js
+        .create_stream(stream_config("REGION", 1))
+        .await
+        .expect("stream on the hub");
+    // The leaf runs no JetStream: its client's publish is stored by the hub's stream.
+    let local = connect(leaf.url()).await;
+    let mut leaf_js = jetstream::new(local.clone());
+    leaf_js.set_timeout(Duration::from_millis(500));
+    publish(&leaf_js, "region", 3).await;
+    assert_eq!(stored(&hub_js, "REGION").await, 3);
+
+    tokio::task::block_in_place(|| leaf.cut_link());
+    assert!(leaf.is_cut());
+    let cut = leaf_js.publish("region.cut", "x".into()).await;
+    let acked = match cut {
+        Ok(ack) => ack.await.is_ok(),
+        Err(_) => false,
+    };
+    assert!(!acked, "a publish across a cut link was acknowledged");
+    assert_eq!(
+        local.connection_state(),
+        async_nats::connection::State::Connected,
+        "the leaf's own client stays connected through the cut"
+    );
+
+    tokio::task::block_in_place(|| leaf.restore_link());
+    publish(&leaf_js, "region.back", 2).await;
+    assert_eq!(stored(&hub_js, "REGION").await, 5);
 }

@@ -16,5 +16,6 @@ mod metrics;
 mod park;
 mod policy;
 mod rate;
+mod region;
 mod replay;
 mod sdk;

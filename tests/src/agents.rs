@@ -224,6 +224,39 @@ pub async fn send_with(
     ack.await.map(|a| a.sequence).map_err(|e| e.to_string())
 }
 
+/// Publishes one intent with `Nats-Msg-Id: msg_id` until it is acknowledged, as a sender that
+/// must not lose work does: a publish that gets no PubAck (no answer within `js`'s timeout,
+/// no responders) is sent again with the same id, so a copy stored before its ack was lost is
+/// not stored twice (JetStream's duplicate window). Counts every publish in `attempts` and
+/// returns the stream sequence. Gives up after `DEADLINE`.
+pub async fn send_until_stored(
+    js: &jetstream::Context,
+    [from, to, action]: [&str; 3],
+    msg_id: &str,
+    payload: impl Into<Bytes>,
+    attempts: &std::sync::atomic::AtomicUsize,
+) -> u64 {
+    let subject = format!("mesh.intent.{from}.{to}.{action}");
+    let payload = payload.into();
+    let started = std::time::Instant::now();
+    loop {
+        attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut headers = HeaderMap::new();
+        headers.insert(mesh_schemas::headers::NATS_MSG_ID, msg_id);
+        match send_with(js, &subject, headers, payload.clone()).await {
+            Ok(seq) => return seq,
+            Err(e) => {
+                assert!(
+                    started.elapsed() < crate::DEADLINE,
+                    "intent {msg_id} not stored within the deadline: {e}"
+                );
+                // Without responders the publish fails at once: do not spin.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Collects rejection notices sent to `agent` (headers `Mesh-Status`, `Mesh-Reason`,
 /// `Mesh-Intent-Id`).
 pub async fn rejections(client: &async_nats::Client, agent: &str) -> Rejections {

@@ -12,6 +12,7 @@
 //! - [`mesh`]: [`Mesh`], a secured nats-server with a client per role (agent, gateway,
 //!   operator); open mode on request.
 //! - [`operator`]: kill and resume with fence confirmation; audit reading.
+//! - [`region`]: a second region, a leaf node of the hub, whose link can be cut.
 //! - [`http`]: a plain HTTP GET, for a replica's `/metrics` and probes.
 //! - [`cli`]: `mesh-cli` as a process.
 //! - [`node_loss`]: the flood-and-kill scenario across the loss of a cluster node (a test runs
@@ -24,6 +25,7 @@ pub mod http;
 pub mod mesh;
 pub mod node_loss;
 pub mod operator;
+pub mod region;
 
 pub use mesh::Mesh;
 

@@ -12,6 +12,9 @@ use tempfile::TempDir;
 
 use crate::NatsServer;
 
+/// The JetStream domain of [`Mesh::start_hub`].
+pub const HUB_DOMAIN: &str = "hub";
+
 /// A nats-server and the identities to use it.
 pub struct Mesh {
     /// The server (restart, stop, logs).
@@ -27,13 +30,28 @@ pub struct Mesh {
 impl Mesh {
     /// A secured server: operator mode, full resolver, JetStream.
     pub fn start() -> Mesh {
+        Self::secured(|auth, jwt| {
+            NatsServer::start_with_conf(&auth.server_config(jwt).expect("server config"))
+        })
+    }
+
+    /// [`Mesh::start`] with a leafnode listener and the JetStream domain [`HUB_DOMAIN`]: the
+    /// hub (region A) that other regions link to (see [`crate::region::Region`]). Operators in
+    /// another region reach its JetStream API and buckets through that domain only.
+    pub fn start_hub() -> Mesh {
+        Self::secured(|auth, jwt| {
+            let conf = auth.region_server_config(jwt).expect("server config");
+            NatsServer::start_hub_with_conf(&format!(
+                "{conf}jetstream {{\n  domain: {HUB_DOMAIN}\n}}\n"
+            ))
+        })
+    }
+
+    fn secured(start: impl FnOnce(&AuthDir, &std::path::Path) -> NatsServer) -> Mesh {
         let dir = tempfile::tempdir().expect("temp dir");
         let auth = AuthDir::init(&dir.path().join("auth"), "mesh").expect("auth init");
-        let conf = auth
-            .server_config(&dir.path().join("jwt"))
-            .expect("server config");
         Mesh {
-            server: NatsServer::start_with_conf(&conf),
+            server: start(&auth, &dir.path().join("jwt")),
             auth: Some(auth),
             agents: Mutex::new(HashMap::new()),
             _dir: dir,
@@ -75,20 +93,30 @@ impl Mesh {
 
     /// A client as the operator (mesh-cli's identity).
     pub async fn operator(&self) -> Client {
+        self.operator_at(&self.url()).await
+    }
+
+    /// A client as the operator, connected to `url` (another region's server).
+    pub async fn operator_at(&self, url: &str) -> Client {
         let creds = self.operator_creds().map(read);
-        self.connect(creds, permissions::OPERATOR_INBOX).await
+        connect(url, creds, permissions::OPERATOR_INBOX).await
     }
 
     /// A client as a gateway replica.
     pub async fn gateway_client(&self) -> Client {
         let creds = self.gateway_creds().map(read);
-        self.connect(creds, permissions::GATEWAY_INBOX).await
+        connect(&self.url(), creds, permissions::GATEWAY_INBOX).await
     }
 
     /// A client as agent `id`, with its own credentials and inbox prefix.
     pub async fn agent(&self, id: &str) -> Client {
+        self.agent_at(&self.url(), id).await
+    }
+
+    /// A client as agent `id`, connected to `url` (another region's server).
+    pub async fn agent_at(&self, url: &str, id: &str) -> Client {
         let creds = self.agent_creds(id);
-        self.connect(creds, &permissions::agent_inbox(id)).await
+        connect(url, creds, &permissions::agent_inbox(id)).await
     }
 
     /// A client as agent `id` whose connection events (permission violations among them)
@@ -128,20 +156,20 @@ impl Mesh {
         });
         Some(creds.clone())
     }
+}
 
-    async fn connect(&self, creds: Option<String>, inbox: &str) -> Client {
-        let options = match creds {
-            Some(text) => ConnectOptions::with_credentials(&text).expect("creds parse"),
-            None => ConnectOptions::new(),
-        };
-        options
-            .custom_inbox_prefix(inbox)
-            .retry_on_initial_connect()
-            .max_reconnects(None)
-            .connect(self.url())
-            .await
-            .expect("connect to test nats-server")
-    }
+async fn connect(url: &str, creds: Option<String>, inbox: &str) -> Client {
+    let options = match creds {
+        Some(text) => ConnectOptions::with_credentials(&text).expect("creds parse"),
+        None => ConnectOptions::new(),
+    };
+    options
+        .custom_inbox_prefix(inbox)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connect(url)
+        .await
+        .expect("connect to test nats-server")
 }
 
 fn read(path: PathBuf) -> String {

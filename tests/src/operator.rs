@@ -19,17 +19,52 @@ pub struct Fenced {
 
 /// Kills `agent` and returns once every live replica confirmed.
 pub async fn kill(client: &async_nats::Client, agent: &str, reason: &str) -> Fenced {
-    set(client, agent, KillRecord::killed(reason, "test")).await
+    set(client, None, agent, KillRecord::killed(reason, "test")).await
 }
 
 /// Resumes `agent` and returns once every live replica confirmed.
 pub async fn resume(client: &async_nats::Client, agent: &str) -> Fenced {
-    set(client, agent, KillRecord::active("fixed", "test")).await
+    set(client, None, agent, KillRecord::active("fixed", "test")).await
 }
 
-async fn set(client: &async_nats::Client, agent: &str, record: KillRecord) -> Fenced {
+/// [`kill`] through the JetStream domain `domain`: from another region's server.
+pub async fn kill_in(
+    client: &async_nats::Client,
+    domain: &str,
+    agent: &str,
+    reason: &str,
+) -> Fenced {
+    set(
+        client,
+        Some(domain),
+        agent,
+        KillRecord::killed(reason, "test"),
+    )
+    .await
+}
+
+/// [`resume`] through the JetStream domain `domain`: from another region's server.
+pub async fn resume_in(client: &async_nats::Client, domain: &str, agent: &str) -> Fenced {
+    set(
+        client,
+        Some(domain),
+        agent,
+        KillRecord::active("fixed", "test"),
+    )
+    .await
+}
+
+async fn set(
+    client: &async_nats::Client,
+    domain: Option<&str>,
+    agent: &str,
+    record: KillRecord,
+) -> Fenced {
     let id = AgentId::new(agent).expect("valid agent id");
-    let mut js = jetstream::new(client.clone());
+    let mut js = match domain {
+        Some(domain) => jetstream::with_domain(client.clone(), domain),
+        None => jetstream::new(client.clone()),
+    };
     // The test's deadline, not async-nats' 5 s, for each request: a loaded CI machine (two
     // gateways and floods on 2 cores, nats-server 2.11) has answered a kill flag's put later
     // than that. One request, no retry: a failure here is still a failure.

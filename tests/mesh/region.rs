@@ -1,0 +1,302 @@
+//! Agents in two regions (issue 10): region B's server is a leaf node of the hub (region A),
+//! where the streams and the gateway live. One agent runs instances in both regions. One kill,
+//! made with `mesh-cli` against the hub or by an operator connected to region B's leaf (through
+//! the hub's JetStream domain), stops its work to and from both; held work survives a cut of
+//! the link between the regions and arrives in order, once, after the resume; a sender in
+//! region B gets no acknowledgement while the link is cut and is stored once it retries after
+//! the link is back.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use mesh_tests::agents::{self, Recorder};
+use mesh_tests::cli::{finished, mesh_cli, shown};
+use mesh_tests::gateways::{cli_binary, wait_live, GatewayTask};
+use mesh_tests::mesh::HUB_DOMAIN;
+use mesh_tests::region::Region;
+use mesh_tests::{eventually, init_tracing, operator, Mesh};
+
+/// A hub with one gateway replica, region B linked to it, and an operator client in region A.
+async fn two_regions() -> (Mesh, Region, GatewayTask, async_nats::Client) {
+    init_tracing();
+    let (mesh, region) = tokio::task::block_in_place(|| {
+        cli_binary();
+        let mesh = Mesh::start_hub();
+        let region = Region::start(&mesh);
+        (mesh, region)
+    });
+    let gw = GatewayTask::start_in(&mesh, "gw1", |_| {}).await;
+    let op = mesh.operator().await;
+    wait_live(&op, &["gw1"]).await;
+    (mesh, region, gw, op)
+}
+
+/// Runs `mesh-cli <args>` as the operator against `url`; it must succeed.
+async fn cli(mesh: &Mesh, url: &str, args: &[&str]) {
+    let creds = mesh.operator_creds().expect("a secured mesh");
+    let mut all = args.to_vec();
+    all.extend(["--nats-creds", creds.to_str().expect("utf-8 path")]);
+    let out = finished(mesh_cli(url, &all)).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "mesh-cli {args:?}: {}",
+        shown(&out)
+    );
+}
+
+/// Serves agent `worker` as `instance` from the server at `url` (a region's).
+async fn worker(
+    mesh: &Mesh,
+    url: &str,
+    instance: &str,
+    rec: &Recorder,
+) -> tokio::task::JoinHandle<()> {
+    let client = mesh.agent_at(url, "worker").await;
+    agents::serve(&client, "worker", instance, rec.clone(), true).await
+}
+
+/// What waits for `agent` in its parked consumer (pending and in flight), 0 if it has none.
+async fn held(op: &async_nats::Client, agent: &str) -> u64 {
+    let js = jetstream::new(op.clone());
+    let Ok(stream) = js.get_stream("MESH_INTENTS").await else {
+        return 0;
+    };
+    stream
+        .consumer_info(&format!("in_{agent}"))
+        .await
+        .map(|i| i.num_pending + i.num_ack_pending as u64)
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_kill_stops_the_agents_instances_in_both_regions() {
+    let (mesh, region, _gw, op_a) = two_regions().await;
+    let b = region.url();
+
+    // The worker serves from region B first, so B's instance is seen taking work.
+    let to_worker = Recorder::default();
+    let _w_b = worker(&mesh, &b, "w-b", &to_worker).await;
+    let to_sink = Recorder::default();
+    let _sink = agents::serve(
+        &mesh.agent("sink").await,
+        "sink",
+        "s-a",
+        to_sink.clone(),
+        true,
+    )
+    .await;
+    let rejected = agents::rejections(&mesh.agent_at(&b, "worker").await, "worker").await;
+
+    // Both floods run in region B: work to the worker, and the worker's own work to the sink.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent_in, sent_out) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let planner = agents::flood(
+        jetstream::new(mesh.agent_at(&b, "planner").await),
+        "planner",
+        "worker",
+        "plan",
+        stop.clone(),
+        sent_in.clone(),
+    );
+    let outbound = agents::flood(
+        jetstream::new(mesh.agent_at(&b, "worker").await),
+        "worker",
+        "sink",
+        "report",
+        stop.clone(),
+        sent_out.clone(),
+    );
+    to_worker.wait_for(50).await;
+    to_sink.wait_for(50).await;
+    assert!(
+        to_worker.all().iter().all(|r| r.instance == "w-b"),
+        "region B's instance took the work"
+    );
+    // Now a second instance in region A.
+    let _w_a = worker(&mesh, &mesh.url(), "w-a", &to_worker).await;
+
+    // Killed from region A, with mesh-cli on the hub.
+    cli(
+        &mesh,
+        &mesh.url(),
+        &["kill", "worker", "--reason", "region test"],
+    )
+    .await;
+    let (in_at_kill, out_at_kill) = (to_worker.len(), to_sink.len());
+    let (want_in, want_out) = (
+        sent_in.load(Ordering::SeqCst) + 200,
+        sent_out.load(Ordering::SeqCst) + 200,
+    );
+    eventually("200 more intents each way after the kill", || {
+        let (i, o) = (sent_in.clone(), sent_out.clone());
+        async move { i.load(Ordering::SeqCst) >= want_in && o.load(Ordering::SeqCst) >= want_out }
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    planner.await.expect("planner");
+    outbound.await.expect("outbound");
+    let (total_in, total_out) = (
+        sent_in.load(Ordering::SeqCst),
+        sent_out.load(Ordering::SeqCst),
+    );
+
+    // Outbound: everything after the kill is rejected, and region B hears of it.
+    rejected.wait_for(total_out - out_at_kill).await;
+    assert_eq!(to_sink.len(), out_at_kill, "nothing left the killed agent");
+    assert!(rejected
+        .all()
+        .iter()
+        .all(|(status, reason, _)| *status == 403 && reason.contains("region test")));
+    // Inbound: held in the hub, delivered to neither instance.
+    eventually("every intent after the kill is held", || {
+        let op = op_a.clone();
+        async move { held(&op, "worker").await as usize == total_in - in_at_kill }
+    })
+    .await;
+    assert_eq!(
+        to_worker.len(),
+        in_at_kill,
+        "nothing reached the killed agent"
+    );
+
+    // Resumed from region B, by an operator connected to the leaf. nats-server keeps
+    // `$JS.API.>` and `$KV.>` off a leaf link of an account: the operator reaches the hub's
+    // streams and buckets through its JetStream domain.
+    let op_b = mesh.operator_at(&b).await;
+    let mut plain = jetstream::new(op_b.clone());
+    plain.set_timeout(Duration::from_secs(2));
+    assert!(
+        plain.get_stream("MESH_INTENTS").await.is_err(),
+        "the JetStream API crossed the leaf link without the hub's domain"
+    );
+    operator::resume_in(&op_b, HUB_DOMAIN, "worker").await;
+    to_worker.wait_unique("planner", total_in).await;
+    to_worker.assert_in_order("planner", total_in);
+
+    // Killed again from region B: work sent from either region is held, none delivered; then
+    // resumed from region A with mesh-cli.
+    operator::kill_in(&op_b, HUB_DOMAIN, "worker", "from region B").await;
+    let delivered = to_worker.len();
+    let js_a = jetstream::new(mesh.agent("planner").await);
+    let js_b = jetstream::new(mesh.agent_at(&b, "planner").await);
+    for i in total_in..total_in + 20 {
+        let js = if i % 2 == 0 { &js_a } else { &js_b };
+        agents::send(js, "planner", "worker", "plan", format!("{i}"))
+            .await
+            .expect("publish while killed");
+    }
+    eventually("the 20 intents sent while killed are held", || {
+        let op = op_a.clone();
+        async move { held(&op, "worker").await == 20 }
+    })
+    .await;
+    assert_eq!(
+        to_worker.len(),
+        delivered,
+        "nothing reached the killed agent"
+    );
+    cli(&mesh, &mesh.url(), &["resume", "worker"]).await;
+    to_worker.wait_unique("planner", total_in + 20).await;
+    to_worker.assert_in_order("planner", total_in + 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_work_survives_a_cut_of_the_link_between_regions() {
+    let (mesh, region, _gw, op_a) = two_regions().await;
+    let b = region.url();
+    let to_worker = Recorder::default();
+    let _w_b = worker(&mesh, &b, "w-b", &to_worker).await;
+    let _w_a = worker(&mesh, &mesh.url(), "w-a", &to_worker).await;
+
+    // Killed from region B; work for it accumulates from senders in both regions.
+    let op_b = mesh.operator_at(&b).await;
+    operator::kill_in(&op_b, HUB_DOMAIN, "worker", "hold across the cut").await;
+    let js_a = jetstream::new(mesh.agent("sender-a").await);
+    let mut js_b = jetstream::new(mesh.agent_at(&b, "sender-b").await);
+    js_b.set_timeout(Duration::from_millis(500));
+    let send_a = |i: usize| {
+        let js = js_a.clone();
+        async move {
+            agents::send(&js, "sender-a", "worker", "job", format!("{i}"))
+                .await
+                .expect("region A stores its intents");
+        }
+    };
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let send_b = {
+        let (js_b, attempts) = (js_b.clone(), attempts.clone());
+        move |i: usize| {
+            let (js, attempts) = (js_b.clone(), attempts.clone());
+            async move {
+                agents::send_until_stored(
+                    &js,
+                    ["sender-b", "worker", "job"],
+                    &format!("sender-b-{i}"),
+                    format!("{i}"),
+                    &attempts,
+                )
+                .await;
+            }
+        }
+    };
+    for i in 0..10 {
+        send_a(i).await;
+        send_b(i).await;
+    }
+
+    tokio::task::block_in_place(|| region.leaf.cut_link());
+    // Region A goes on storing; region B's intents are not acknowledged while the link is
+    // down: the sender has to retry, nothing is lost silently.
+    for i in 10..20 {
+        send_a(i).await;
+    }
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "sender-b-10");
+    let cut = agents::send_with(&js_b, "mesh.intent.sender-b.worker.job", headers, "10").await;
+    assert!(
+        cut.is_err(),
+        "an intent was acknowledged across a cut link: {cut:?}"
+    );
+    // B's sender keeps retrying intents 10..20 through the cut: its publishes of intent 10
+    // fail until the link is back.
+    let before = attempts.load(Ordering::SeqCst);
+    let retrying = tokio::spawn({
+        let send_b = send_b.clone();
+        async move {
+            for i in 10..20 {
+                send_b(i).await;
+            }
+        }
+    });
+    eventually("region B's sender retries intent 10 during the cut", || {
+        let n = attempts.load(Ordering::SeqCst);
+        async move { n >= before + 3 }
+    })
+    .await;
+    assert!(!retrying.is_finished(), "stored while the link was cut");
+    assert_eq!(to_worker.len(), 0, "nothing delivered while killed");
+    tokio::task::block_in_place(|| region.leaf.restore_link());
+    retrying.await.expect("retrying sender");
+    for i in 20..30 {
+        send_a(i).await;
+        send_b(i).await;
+    }
+    // All 60 are held once each (a retried intent stored twice would make 61), none delivered.
+    eventually("60 intents held for the killed worker", || {
+        let op = op_a.clone();
+        async move { held(&op, "worker").await == 60 }
+    })
+    .await;
+    assert_eq!(to_worker.len(), 0, "nothing delivered while killed");
+
+    // Resumed from region A: all held work arrives, in order per sender, once.
+    cli(&mesh, &mesh.url(), &["resume", "worker"]).await;
+    to_worker.wait_unique("sender-a", 30).await;
+    to_worker.wait_unique("sender-b", 30).await;
+    to_worker.assert_in_order("sender-a", 30);
+    to_worker.assert_in_order("sender-b", 30);
+    assert_eq!(held(&op_a, "worker").await, 0, "nothing left behind");
+}

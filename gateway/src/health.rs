@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use mesh_schemas::now_unix_ms;
 
-use crate::worker::Shared;
+use crate::shared::Shared;
 use heartbeat::Throttle;
 pub use view::{
     judge, HealthView, Judged, Thresholds, DEFAULT_DEGRADED_AFTER, DEFAULT_UNREACHABLE_AFTER,

@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, Snapshot};
-use crate::worker::Shared;
+use crate::shared::Shared;
 
 /// Largest request head read; anything longer is answered 431.
 const MAX_HEAD: usize = 8 * 1024;

@@ -3,54 +3,31 @@
 //!
 //! # Layout
 //!
-//! Data path (intent stream → shared lane, or a parked recipient's drain → agent inbox):
-//! - [`lane`]: the shared delivery consumer; order per sender; parks recipients that cannot
-//!   take their work now (killed, unreachable, backlogged) and takes them back.
-//! - [`park`]: parking and unparking a recipient, safely for order and without loss.
-//! - [`discover`]: finds parked recipients and starts their drains.
-//! - [`worker`]: the drain of one parked recipient's consumer; holds, retries, replays in order.
-//! - [`deliver`]: one intent's delivery: gate checks, policies, request, ack.
-//! - [`flights`]: deliveries in flight, each a task of its own (why: see the module).
-//! - [`reject`]: rejection notices and audit records.
-//! - [`activity`]: the agents seen as senders or recipients, in `mesh-activity` for status.
+//! Two paths, each a folder:
+//! - [`data`], the data path (intent stream → shared lane, or a parked recipient's drain →
+//!   agent inbox): the shared lane, parking and unparking, the drains of parked recipients,
+//!   one intent's delivery, deliveries in flight, rejections, activity.
+//! - [`control`], the control path (KV watch → gates → fence): the kill watch and its fence,
+//!   the per-agent gates and fail-closed readiness, this replica's presence.
 //!
-//! Control path (KV watch → gates → fence):
-//! - [`killwatch`]: follows `mesh-kill`, applies changes, fences and confirms them.
-//! - [`gate`]: per-agent kill state and in-flight accounting; fail-closed readiness.
-//! - [`presence`]: this replica's record in `mesh-gateways`; who else is live.
-//!
-//! Policies and health:
-//! - [`policy`]: the policy book (KV watch), allowed actions, rate limits, caps and ceilings.
-//! - [`health`]: heartbeats, health states, alerts, `on_unreachable`.
-//! - [`autokill`]: a breach writes a kill record like an operator would.
-//! - [`server_version`]: the nats-server releases the mesh supports; a warning at start.
-//!
-//! Seeing it: [`metrics`] (counters, histograms, states for Prometheus) and [`http`] (`/metrics`,
-//! `/healthz`, `/readyz` on `metrics_addr`).
-//!
-//! Around them: [`config`] (layered configuration), [`setup`] (streams, buckets, consumers) and
-//! [`run`], which wires a replica together and drains it on shutdown.
+//! What both read: [`shared`], the replica's context (handles, gates, policies, health,
+//! metrics). Beside the paths: [`policy`] (the policy book, allowed actions, rates, caps and
+//! ceilings, automatic kills), [`health`] (heartbeats, health states, alerts), [`metrics`] and
+//! [`http`] (`/metrics`, `/healthz`, `/readyz`), [`server_version`] (the nats-server releases
+//! the mesh supports). Around them: [`config`] (layered configuration), [`setup`] (streams,
+//! buckets, consumers) and [`run`], which wires a replica together and drains it on shutdown.
 #![forbid(unsafe_code)]
 
-pub mod activity;
-pub mod autokill;
 pub mod config;
-pub mod deliver;
-pub mod discover;
-pub mod flights;
-pub mod gate;
+pub mod control;
+pub mod data;
 pub mod health;
 pub mod http;
-pub mod killwatch;
-pub mod lane;
 pub mod metrics;
-pub mod park;
 pub mod policy;
-pub mod presence;
-pub mod reject;
 pub mod server_version;
 pub mod setup;
-pub mod worker;
+pub mod shared;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -138,8 +115,8 @@ pub async fn run_with_listener(
     let subjects = cfg.names.subjects()?;
     let gateway_id = cfg.gateway_id();
     let cancel = CancellationToken::new();
-    let shared = Arc::new(worker::Shared {
-        rejector: reject::Rejector {
+    let shared = Arc::new(shared::Shared {
+        rejector: data::reject::Rejector {
             client: client.clone(),
             js: js.clone(),
             subjects: subjects.clone(),
@@ -151,7 +128,7 @@ pub async fn run_with_listener(
         client: client.clone(),
         js,
         objects,
-        gates: Arc::new(gate::Gates::default()),
+        gates: Arc::new(control::gate::Gates::default()),
         gateway_id: gateway_id.clone(),
         cancel: cancel.clone(),
         workers: std::sync::Mutex::new(Default::default()),
@@ -160,7 +137,7 @@ pub async fn run_with_listener(
         rates: policy::rate::RateLimits::new(budget_kv.clone()),
         budget: policy::budget::Budget::new(budget_kv),
         health: Arc::new(health::HealthView::default()),
-        activity: Arc::new(activity::Activity::default()),
+        activity: Arc::new(data::activity::Activity::default()),
         live: std::sync::Mutex::new(Vec::new()),
         metrics,
     });
@@ -168,13 +145,13 @@ pub async fn run_with_listener(
     let _ = observed.replica.set(shared.clone());
     tracing::info!(gateway = %gateway_id, "gateway starting");
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(killwatch::run(shared.clone()));
-    tasks.spawn(presence::run(shared.clone()));
-    tasks.spawn(lane::run(shared.clone()));
-    tasks.spawn(discover::run(shared.clone()));
+    tasks.spawn(control::killwatch::run(shared.clone()));
+    tasks.spawn(control::presence::run(shared.clone()));
+    tasks.spawn(data::lane::run(shared.clone()));
+    tasks.spawn(data::discover::run(shared.clone()));
     tasks.spawn(policy::book::run(shared.clone()));
     tasks.spawn(health::run(shared.clone()));
-    tasks.spawn(activity::run(
+    tasks.spawn(data::activity::run(
         shared.activity.clone(),
         shared.objects.activity.clone(),
         gateway_id.clone(),

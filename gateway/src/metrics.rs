@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::reject::Refusal;
+use crate::data::reject::Refusal;
 
 /// Labels of a rejection: its status and a reason class (never the free-text reason).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -4,8 +4,8 @@
 
 use std::collections::BTreeSet;
 
+use mesh_gateway::data::reject::Refusal;
 use mesh_gateway::metrics::{Metrics, Snapshot};
-use mesh_gateway::reject::Refusal;
 
 const DASHBOARD: &str = include_str!("../../deploy/grafana/agent-mesh.json");
 

@@ -15,7 +15,7 @@ use mesh_schemas::{
 
 use super::heartbeat::Throttle;
 use super::view::Judged;
-use crate::worker::Shared;
+use crate::shared::Shared;
 
 /// How often a record is rewritten when only its last heartbeat or cost moved (a change of
 /// state or instance count is written at once).
@@ -133,7 +133,7 @@ impl Leader {
         });
         if let Some((rule, detail)) = breach {
             if p.on_breach.unwrap_or_default() == mesh_schemas::OnBreach::Kill {
-                crate::autokill::kill(shared, &j.id, rule, &detail).await;
+                crate::policy::autokill::kill(shared, &j.id, rule, &detail).await;
             } else {
                 // block and observe act on the agent's next intent, which the budget refuses.
                 tracing::info!(agent = %j.id, rule, detail, "cost ceiling reached by reported cost");
@@ -216,7 +216,7 @@ async fn transition(shared: &Shared, j: &Judged, from: HealthState) {
                 human(j.silent_for.unwrap_or_default()),
                 human(j.thresholds.unreachable_after)
             );
-            crate::autokill::kill(shared, &j.id, "on_unreachable", &detail).await;
+            crate::policy::autokill::kill(shared, &j.id, "on_unreachable", &detail).await;
         }
     }
 }

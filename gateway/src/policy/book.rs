@@ -12,7 +12,7 @@ use mesh_schemas::policy::{parse_duration, DEFAULT_POLICY_KEY};
 use mesh_schemas::{decode, AgentId, AuditEvent, AuditKind, Policy, PolicyRecord, Rate};
 use tokio::sync::watch;
 
-use crate::worker::Shared;
+use crate::shared::Shared;
 
 /// An agent's policy after merging over `_default`, with its parsed values.
 #[derive(Clone, Debug, Default)]
@@ -170,7 +170,7 @@ async fn watch_once(shared: &Arc<Shared>) -> Result<(), String> {
         let entry = tokio::select! {
             e = watch.next() => e,
             _ = shared.cancel.cancelled() => return Ok(()),
-            _ = crate::killwatch::disconnected(&shared.client) => {
+            _ = crate::control::killwatch::disconnected(&shared.client) => {
                 return Err("disconnected from NATS".to_string());
             }
         };

@@ -6,8 +6,10 @@
 //! - [`actions`]: allow/deny globs for sending and receiving.
 //! - [`rate`]: per-sender throttling, one token bucket per sender kept mesh-wide in KV.
 //! - [`budget`]: hourly/daily caps and cost ceilings, counted mesh-wide in KV before delivery.
+//! - [`autokill`]: a breach writes a kill record like an operator would.
 
 pub mod actions;
+pub mod autokill;
 pub mod book;
 pub mod budget;
 pub mod rate;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use mesh_schemas::{encode, now_unix_ms, GatewayPresence};
 
-use crate::worker::Shared;
+use crate::shared::Shared;
 
 /// Refreshes this replica's presence until the gateway stops, then deletes it.
 pub async fn run(shared: Arc<Shared>) {

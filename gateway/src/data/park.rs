@@ -1,5 +1,5 @@
 //! Parking and unparking a recipient: moving its inbound work between the shared delivery lane
-//! ([`crate::lane`]) and a durable consumer of its own, `in_<id>` ([`crate::worker`]).
+//! ([`crate::data::lane`]) and a durable consumer of its own, `in_<id>` ([`crate::data::drain`]).
 //!
 //! Parking creates the recipient's consumer at the first intent the shared lane has not
 //! delivered, with the few later ones it had delivered already listed as a skip list in the
@@ -16,7 +16,7 @@ use async_nats::jetstream::stream::RawMessageErrorKind;
 use mesh_schemas::AgentId;
 
 use crate::setup::{self, SetupError};
-use crate::worker::Shared;
+use crate::shared::Shared;
 
 /// Parks `to` from stream sequence `start`; `skip` lists later sequences delivered already.
 /// The consumer is created paused exactly when `to` is killed, under the gate's hold lock: a

@@ -1,4 +1,4 @@
-//! Finds parked recipients and starts a drain ([`crate::worker`]) for each in this replica: at
+//! Finds parked recipients and starts a drain ([`crate::data::drain`]) for each in this replica: at
 //! start and every few seconds by listing the `in_<id>` consumers, and at once when the shared
 //! lane announces one on `<prefix>.gw.parked.<id>`. Every replica drains every parked recipient
 //! (its consumer is pinned, so one replica at a time receives), which is what lets another
@@ -10,8 +10,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use mesh_schemas::AgentId;
 
+use crate::data::drain;
 use crate::setup;
-use crate::worker::{self, Shared};
+use crate::shared::Shared;
 
 /// How often the consumer list is read again (announcements are core NATS and may be missed).
 const RELIST: Duration = Duration::from_secs(5);
@@ -42,7 +43,7 @@ pub async fn run(shared: Arc<Shared>) {
                 match setup::parked_recipients(&shared.objects.intents, &shared.cfg.names).await {
                     Ok(parked) => {
                         for to in parked {
-                            worker::spawn(&shared, to);
+                            drain::spawn(&shared, to);
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot list parked recipients"),
@@ -51,7 +52,7 @@ pub async fn run(shared: Arc<Shared>) {
             Some(notice) = notices.next() => {
                 let raw = notice.subject.as_str().rsplit('.').next().unwrap_or_default();
                 if let Ok(to) = AgentId::new(raw) {
-                    worker::spawn(&shared, to);
+                    drain::spawn(&shared, to);
                 }
             }
         }

@@ -5,7 +5,7 @@
 
 use mesh_schemas::{encode, AgentId, AuditEvent, AuditKind, ControlNotice, KillRecord};
 
-use crate::worker::Shared;
+use crate::shared::Shared;
 
 /// Kills `agent` for breaking `rule`; `detail` says how. Does nothing if it is already killed.
 pub async fn kill(shared: &Shared, agent: &AgentId, rule: &str, detail: &str) {

@@ -13,9 +13,9 @@ use async_nats::jetstream::kv::{Entry, Operation};
 use futures::StreamExt;
 use mesh_schemas::{decode, encode, AgentId, FenceAck, KillRecord, KillState};
 
-use crate::gate::GateState;
+use crate::control::gate::GateState;
 use crate::setup;
-use crate::worker::Shared;
+use crate::shared::Shared;
 
 /// Runs until the gateway stops, re-establishing the watch whenever it breaks.
 pub async fn run(shared: Arc<Shared>) {

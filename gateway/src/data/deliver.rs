@@ -13,10 +13,10 @@ use async_nats::{HeaderMap, RequestErrorKind};
 use mesh_schemas::headers::{MESH_ACTION, MESH_ATTEMPT, MESH_FROM, MESH_INTENT_ID};
 use mesh_schemas::AgentId;
 
-use crate::gate::{Gate, GateState, InFlight};
+use crate::control::gate::{Gate, GateState, InFlight};
+use crate::data::reject::Refusal;
 use crate::metrics::Metrics;
-use crate::reject::Refusal;
-use crate::worker::Shared;
+use crate::shared::Shared;
 
 /// An intent pulled from a recipient's consumer, checked and ready to deliver.
 pub struct Item {
@@ -266,7 +266,7 @@ async fn admit(shared: &Shared, item: &Item, from: &Gate) -> Verdict {
     );
     match on_breach {
         OnBreach::Kill => {
-            crate::autokill::kill(shared, &item.from, breach.rule, &breach.detail).await;
+            crate::policy::autokill::kill(shared, &item.from, breach.rule, &breach.detail).await;
             Verdict::Refuse(Refusal::Forbidden(format!(
                 "sender {} is killed: policy {}: {}",
                 item.from, breach.rule, breach.detail

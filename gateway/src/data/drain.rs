@@ -2,7 +2,7 @@
 //! `in_<id>` (pinned, so one replica at a time receives), keeps one delivery in flight per sender
 //! (so order per sender holds), retries in place while the recipient does not answer, holds the
 //! work while it is killed, and, once it has caught up, asks the shared lane to take the
-//! recipient back with an unpark marker ([`crate::lane`], [`crate::park`]).
+//! recipient back with an unpark marker ([`crate::data::lane`], [`crate::data::park`]).
 //!
 //! The marker protocol: the drain publishes a marker into the intents stream (stream sequence
 //! `K`) and delivers nothing at or after `K` until the shared lane answers. The lane accepts when
@@ -22,84 +22,14 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
 use futures::StreamExt;
 use mesh_schemas::headers::{intent_id, parse_cost, MESH_COST, MESH_UNPARK_REPLY, NATS_MSG_ID};
-use mesh_schemas::{AgentId, MeshNames, Subjects};
-use tokio_util::sync::CancellationToken;
+use mesh_schemas::{AgentId, MeshNames};
 
-use crate::config::GatewayConfig;
-use crate::deliver::{deliver, Item, OnFailure, Outcome};
-use crate::flights::Flights;
-use crate::gate::{GateState, Gates};
-use crate::reject::{Refusal, Rejector};
-use crate::setup::{self, MeshObjects};
-
-/// What every task of a replica shares.
-pub struct Shared {
-    pub cfg: Arc<GatewayConfig>,
-    pub subjects: Subjects,
-    pub client: async_nats::Client,
-    pub js: jetstream::Context,
-    pub objects: MeshObjects,
-    pub gates: Arc<Gates>,
-    pub rejector: Rejector,
-    pub gateway_id: String,
-    /// Cancelled when the gateway drains.
-    pub cancel: CancellationToken,
-    /// Recipients with a worker in this replica.
-    pub workers: std::sync::Mutex<HashSet<AgentId>>,
-    /// Every worker task, so that a drain can wait for them to hand their work back.
-    pub tracker: tokio_util::task::TaskTracker,
-    /// Policies, hot-reloaded.
-    pub policies: Arc<crate::policy::PolicyBook>,
-    /// Per-sender rate buckets (mesh-wide, in `mesh-counters`).
-    pub rates: crate::policy::rate::RateLimits,
-    /// Mesh-wide caps and ceilings.
-    pub budget: crate::policy::budget::Budget,
-    /// Heartbeats and health.
-    pub health: Arc<crate::health::HealthView>,
-    /// Agents seen as senders or recipients, written to `mesh-activity` for status.
-    pub activity: Arc<crate::activity::Activity>,
-    /// Ids of the live replicas (this one included), sorted; refreshed by presence.
-    pub live: std::sync::Mutex<Vec<String>>,
-    /// Counters and histograms for `/metrics`.
-    pub metrics: Arc<crate::metrics::Metrics>,
-}
-
-impl Shared {
-    /// How many replicas share the work (at least 1).
-    pub fn live_replicas(&self) -> usize {
-        self.live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
-            .max(1)
-    }
-
-    /// Whether this replica leads mesh-wide chores (health): the live replica with the
-    /// smallest id.
-    pub fn is_leader(&self) -> bool {
-        self.live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .first()
-            .is_none_or(|first| *first == self.gateway_id)
-    }
-
-    /// Waits `d`; returns true when the gateway is stopping.
-    pub async fn pause(&self, d: Duration) -> bool {
-        tokio::select! {
-            _ = tokio::time::sleep(d) => false,
-            _ = self.cancel.cancelled() => true,
-        }
-    }
-
-    /// Whether this replica runs a worker for `id`.
-    pub fn has_worker(&self, id: &AgentId) -> bool {
-        self.workers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(id)
-    }
-}
+use crate::control::gate::GateState;
+use crate::data::deliver::{deliver, Item, OnFailure, Outcome};
+use crate::data::flights::Flights;
+use crate::data::reject::Refusal;
+use crate::setup;
+use crate::shared::Shared;
 
 /// Starts a worker for `to` unless one runs already.
 pub fn spawn(shared: &Arc<Shared>, to: AgentId) {
@@ -616,7 +546,7 @@ pub(crate) fn check(
         );
         return Err((Some(parsed.from), Refusal::Invalid(why), id));
     }
-    let published = crate::activity::published_unix_ms(msg);
+    let published = crate::data::activity::published_unix_ms(msg);
     shared.activity.intent(&parsed.from, &parsed.to, published);
     Ok((parsed.to, parsed.from, parsed.action, id, cost))
 }

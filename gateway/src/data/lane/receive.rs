@@ -1,0 +1,208 @@
+//! What the lane does with each message it receives (admit, queue, start, or hold) and with
+//! each delivery that finishes (start the sender's next intent, or park the recipient).
+
+use super::*;
+
+impl Lane {
+    /// A message from the shared consumer.
+    pub(super) async fn received(&mut self, msg: jetstream::Message) {
+        let (seq, delivered) = match msg.info() {
+            Ok(info) => (info.stream_sequence, info.delivered.max(1) as u32),
+            Err(e) => {
+                tracing::warn!(error = %e, "message without JetStream metadata; ignored");
+                return;
+            }
+        };
+        let pin = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get_last(NATS_PIN_ID))
+            .map(|v| v.as_str().to_string());
+        self.shared.metrics.saw_pin(pin.as_deref());
+        if pin.is_some() && pin != self.pin {
+            tracing::info!(pin = ?pin, previous = ?self.pin, first = seq, "shared consumer pinned to this replica; holding new intents until the previous holder's are acknowledged");
+            self.pin = pin;
+            // The new pin's first message can be a redelivery of an older intent (the new
+            // leader does not know of progress acks sent to the old one): the segment starts
+            // after everything this lane has seen.
+            let first = seq.max(self.highest + 1);
+            if self.hold.back().is_none_or(|h| h.first < first) {
+                self.hold.push_back(Hold {
+                    first,
+                    lowest: first,
+                    redelivered: false,
+                    messages: Vec::new(),
+                    since: Instant::now(),
+                });
+            }
+        }
+        self.highest = self.highest.max(seq);
+        if self.held.contains(&seq) {
+            // A redelivery of an intent this lane still holds: the held copy will be acked.
+            return;
+        }
+        // The newest segment that starts at or before this sequence. Below the first one, while
+        // holding: an older intent redelivered (handed back, or its ack wait ran out at the new
+        // leader) that the previous holder may also still hold; it waits in the oldest segment
+        // until every intent before it is acked.
+        if let Some(hold) = self.hold.iter_mut().rev().find(|h| h.first <= seq) {
+            hold.messages.push(msg);
+            self.total += 1;
+            return;
+        }
+        if !self.hold.is_empty() {
+            match self.hold.front_mut() {
+                Some(hold) if hold.redelivered => hold.lowest = hold.lowest.min(seq),
+                _ => self.hold.push_front(Hold {
+                    first: seq,
+                    lowest: seq,
+                    redelivered: true,
+                    messages: Vec::new(),
+                    since: Instant::now(),
+                }),
+            }
+            if let Some(hold) = self.hold.front_mut() {
+                hold.messages.push(msg);
+                self.total += 1;
+            }
+            return;
+        }
+        self.admit(msg, seq, delivered).await;
+    }
+
+    /// A message this lane may act on now.
+    pub(super) async fn admit(&mut self, msg: jetstream::Message, seq: u64, delivered: u32) {
+        if self.last_message.elapsed() >= REFRESH_AFTER_IDLE {
+            self.parked_known = false;
+        }
+        self.last_message = Instant::now();
+        if !self.parked_known {
+            if let Err(e) = self.read_parked().await {
+                // Without the parked set the lane could deliver a parked recipient's intent
+                // twice or out of order: leave the message to come back.
+                tracing::warn!(error = %e, "cannot list parked recipients; retrying");
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
+                    .await;
+                return;
+            }
+        }
+        if self.held.contains(&seq) {
+            // A redelivery of an intent this lane still holds: the held copy will be acked.
+            return;
+        }
+        let shared = self.shared.clone();
+        if let Some(raw) = shared.subjects.parse_unpark_marker(msg.subject.as_str()) {
+            if let Some(reply) = msg.headers.as_ref().and_then(|h| h.get(MESH_UNPARK_REPLY)) {
+                let reply = reply.as_str().to_string();
+                if let Ok(to) = AgentId::new(raw) {
+                    self.unpark(&to, seq, &reply).await;
+                }
+                let _ = msg.ack().await;
+                return;
+            }
+        }
+        let (to, from, action, intent_id, cost) = match check(&shared, &msg, seq) {
+            Ok(parsed) => parsed,
+            Err((from, refusal, id)) => {
+                if let Err(e) = shared
+                    .rejector
+                    .reject(&msg, from.as_ref(), &id, seq, &refusal)
+                    .await
+                {
+                    tracing::warn!(error = %e, seq, "rejection not recorded; the intent will come back");
+                }
+                return;
+            }
+        };
+        if self.parked.contains(&to) {
+            // Its own consumer has this intent.
+            let _ = msg.ack().await;
+            return;
+        }
+        let item = Item {
+            msg,
+            seq,
+            delivered,
+            from: from.clone(),
+            to: to.clone(),
+            action,
+            intent_id,
+            cost,
+            admitted: false,
+        };
+        self.held.insert(seq);
+        self.total += 1;
+        let killed = shared.gates.get(&to).is_killed();
+        let r = self.recipients.entry(to.clone()).or_default();
+        if killed && !r.parking {
+            r.parking = true;
+            self.parking.insert(to.clone());
+        }
+        if r.parking || r.busy.contains(&from) {
+            r.queues.entry(from).or_default().push_back(item);
+            r.queued += 1;
+            if r.queued > shared.cfg.park_backlog && !r.parking {
+                tracing::info!(%to, queued = r.queued, "recipient backlogged; parking it");
+                r.parking = true;
+                self.parking.insert(to.clone());
+            }
+        } else {
+            r.busy.insert(from);
+            start(&shared, &mut self.flights, item);
+        }
+    }
+
+    /// A delivery ended.
+    pub(super) fn finished(&mut self, to: AgentId, from: AgentId, seq: u64, outcome: Outcome) {
+        let back = match outcome {
+            Outcome::Done => {
+                self.held.remove(&seq);
+                self.total -= 1;
+                None
+            }
+            Outcome::HandBack(item) | Outcome::Unreachable(item) => Some(item),
+        };
+        let Some(r) = self.recipients.get_mut(&to) else {
+            return;
+        };
+        match back {
+            None => {
+                r.recent_done.push_back(seq);
+                if r.recent_done.len() > RECENT_DONE {
+                    r.recent_done.pop_front();
+                }
+            }
+            Some(item) => {
+                // Back to the head of its sender's queue (it is the oldest), and park the
+                // recipient: it is killed, or did not answer.
+                r.queues.entry(from.clone()).or_default().push_front(*item);
+                r.queued += 1;
+                r.parking = true;
+                self.parking.insert(to.clone());
+            }
+        }
+        let next = if r.parking || self.shared.cancel.is_cancelled() {
+            None
+        } else {
+            r.queues.get_mut(&from).and_then(VecDeque::pop_front)
+        };
+        if r.queues.get(&from).is_some_and(VecDeque::is_empty) {
+            r.queues.remove(&from);
+        }
+        match next {
+            Some(item) => {
+                r.queued -= 1;
+                start(&self.shared, &mut self.flights, item);
+            }
+            None => {
+                r.busy.remove(&from);
+                // Nothing queued: later intents start after everything delivered, so its
+                // delivered sequences need not be remembered any more.
+                if r.idle() && !r.parking {
+                    self.recipients.remove(&to);
+                }
+            }
+        }
+    }
+}

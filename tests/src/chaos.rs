@@ -142,6 +142,8 @@ pub struct Report {
     pub duplicates: usize,
     /// Stored intents neither delivered nor rejected at the end, but still in the stream.
     pub pending: usize,
+    /// Their ids and stream sequences.
+    pub pending_ids: Vec<String>,
     /// Stored intents rejected with a `reject` audit record; of those, delivered before too
     /// (a redelivery after a crash rejected because its sender was killed by then).
     pub rejected: usize,
@@ -195,6 +197,9 @@ impl Report {
             self.delivered_then_rejected,
             self.duplicates
         );
+        if !self.pending_ids.is_empty() {
+            let _ = writeln!(s, "  pending: {}", self.pending_ids.join(", "));
+        }
         let faults: Vec<String> = FAULT_KINDS
             .iter()
             .map(|k| format!("{k} {}", self.faults.get(k).copied().unwrap_or(0)))
@@ -864,7 +869,12 @@ async fn judge(
         let seqs = stream_seqs(js, "mesh.intent.>").await;
         for id in open {
             match seqs.get(&id) {
-                Some(_) => report.pending += 1,
+                Some(seqs) => {
+                    report.pending += 1;
+                    report
+                        .pending_ids
+                        .push(format!("{id} (stream seqs {seqs:?})"));
+                }
                 None => report.violation(
                     "lost",
                     format!("{id} was stored but is not in the stream, delivered or rejected"),

@@ -18,6 +18,9 @@ pub struct Received {
     pub intent_id: String,
     pub attempt: u32,
     pub payload: Bytes,
+    /// When the instance took it from its subscription (the chaos soak compares it with when a
+    /// kill returned).
+    pub at: std::time::Instant,
 }
 
 /// Deliveries recorded by all instances of one agent, with a counter to await.
@@ -176,6 +179,7 @@ pub async fn serve_slowly(
             let h = msg.headers.clone().unwrap_or_default();
             let get = |k: &str| h.get(k).map(|v| v.as_str().to_string()).unwrap_or_default();
             rec.push(Received {
+                at: std::time::Instant::now(),
                 instance: instance.clone(),
                 from: get("Mesh-From"),
                 action: get("Mesh-Action"),

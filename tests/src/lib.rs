@@ -15,10 +15,13 @@
 //! - [`region`]: a second region, a leaf node of the hub, whose link can be cut.
 //! - [`http`]: a plain HTTP GET, for a replica's `/metrics` and probes.
 //! - [`cli`]: `mesh-cli` as a process.
+//! - [`chaos`]: the chaos soak: random gateway, node and agent faults and policy changes on a
+//!   three-node cluster, judged from deliveries, the stream and the audit trail.
 //! - [`node_loss`]: the flood-and-kill scenario across the loss of a cluster node (a test runs
 //!   it once, the `node-loss-loop` binary many times).
 
 pub mod agents;
+pub mod chaos;
 pub mod cli;
 pub mod gateways;
 pub mod http;
@@ -44,6 +47,21 @@ pub async fn connect(url: &str) -> async_nats::Client {
         .connect(url)
         .await
         .expect("connect to test nats-server")
+}
+
+/// Connects a fresh client that may use any of `urls` (the nodes of a cluster), so that it
+/// reconnects to another node when its own is lost.
+pub async fn connect_any(urls: &[String]) -> async_nats::Client {
+    let addrs: Vec<async_nats::ServerAddr> = urls
+        .iter()
+        .map(|u| u.parse().expect("a nats-server URL"))
+        .collect();
+    async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connect(addrs.as_slice())
+        .await
+        .expect("connect to test nats-servers")
 }
 
 /// Returns once the server has processed `client`'s earlier subscriptions (`flush` only
@@ -81,6 +99,16 @@ where
         assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The runtime of the scenario binaries (`node-loss-loop`, `chaos-soak`): the scenarios block on
+/// process starts with `block_in_place`, which needs worker threads.
+pub fn scenario_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))
 }
 
 /// Logs of the code under test, shown for failing tests (`RUST_LOG` to choose).

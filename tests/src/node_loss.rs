@@ -40,6 +40,19 @@ pub async fn leader_of(js: &jetstream::Context, stream: &str) -> usize {
         - 1
 }
 
+/// Creates the mesh's streams and buckets with three replicas each, through `client`.
+pub async fn ready_r3(client: &async_nats::Client) -> jetstream::Context {
+    let js = jetstream::new(client.clone());
+    let cfg = mesh_gateway::GatewayConfig {
+        replicas: 3,
+        ..Default::default()
+    };
+    mesh_gateway::setup::ensure_ready(&js, &cfg)
+        .await
+        .expect("mesh objects");
+    js
+}
+
 /// Sends `<from> → <to>` intents with ids `<from>-<to>-<i>` and payload `i` every `every` until
 /// `stop`, retrying each until JetStream stores it; returns how many were stored.
 pub fn flood(
@@ -49,6 +62,18 @@ pub fn flood(
     every: Duration,
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<usize> {
+    flood_counted(client, from, to, every, stop, Arc::default())
+}
+
+/// [`flood`], counting every publish attempt (retries included) in `attempts`.
+pub fn flood_counted(
+    client: async_nats::Client,
+    from: &'static str,
+    to: &'static str,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+    attempts: Arc<std::sync::atomic::AtomicUsize>,
+) -> tokio::task::JoinHandle<usize> {
     tokio::spawn(async move {
         let js = jetstream::new(client);
         let subject = format!("mesh.intent.{from}.{to}.work");
@@ -56,6 +81,7 @@ pub fn flood(
         while !stop.load(Ordering::SeqCst) {
             let id = format!("{from}-{to}-{i}");
             loop {
+                attempts.fetch_add(1, Ordering::SeqCst);
                 let mut h = HeaderMap::new();
                 h.insert("Nats-Msg-Id", id.as_str());
                 if agents::send_with(&js, &subject, h, format!("{i}"))
@@ -163,7 +189,7 @@ impl Figures {
 }
 
 /// The stream sequences of each intent id on `subject_filter`, read back from `MESH_INTENTS`.
-async fn stream_seqs(js: &jetstream::Context, filter: &str) -> HashMap<String, Vec<u64>> {
+pub async fn stream_seqs(js: &jetstream::Context, filter: &str) -> HashMap<String, Vec<u64>> {
     let stream = js.get_stream("MESH_INTENTS").await.expect("intents stream");
     let mut reader = stream
         .create_consumer(consumer::pull::OrderedConfig {
@@ -233,14 +259,7 @@ pub async fn run_once() -> Figures {
     let urls = cluster.urls();
     let all = urls.join(",");
     let setup = connect(&urls[0]).await;
-    let js = jetstream::new(setup.clone());
-    let cfg = mesh_gateway::GatewayConfig {
-        replicas: 3,
-        ..Default::default()
-    };
-    mesh_gateway::setup::ensure_ready(&js, &cfg)
-        .await
-        .expect("mesh objects");
+    let js = ready_r3(&setup).await;
     let lost = leader_of(&js, "MESH_INTENTS").await;
     let second = (lost + 1) % 3;
     let agents_node = (lost + 2) % 3;

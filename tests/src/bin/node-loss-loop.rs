@@ -55,15 +55,10 @@ fn main() -> ExitCode {
         }
     };
     init_tracing();
-    // The scenario blocks on process starts with `block_in_place`, which needs worker threads.
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match mesh_tests::scenario_runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("cannot start a runtime: {e}");
+            eprintln!("{e}");
             return ExitCode::FAILURE;
         }
     };

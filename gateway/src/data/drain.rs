@@ -10,6 +10,11 @@
 //! follows `K` itself), and declines otherwise; after a decline the drain goes on and tries again
 //! when it has caught up.
 //!
+//! Order across a change of pin: the consumer's pin is forgotten when its leader changes, and
+//! the replica that had it may still be delivering older intents while another receives newer
+//! ones; a drain holds what it receives under a new pin until those are done
+//! ([`crate::data::pin_hold`]).
+//!
 //! A worker keeps its pull subscription open while its recipient is killed: the consumer is
 //! paused, so nothing arrives, and whatever was already on its way is handed back in order.
 //! Dropping the subscription instead would strand those messages until their ack wait expired,
@@ -27,6 +32,7 @@ use mesh_schemas::{AgentId, MeshNames};
 use crate::control::gate::GateState;
 use crate::data::deliver::{deliver, Item, OnFailure, Outcome};
 use crate::data::flights::Flights;
+use crate::data::pin_hold::{Floor, PinHold, HOLD_CHECK};
 use crate::data::reject::Refusal;
 use crate::setup;
 use crate::shared::Shared;
@@ -149,6 +155,8 @@ struct Buffer {
     flights: Flights<(AgentId, u64, Outcome)>,
     busy: HashSet<AgentId>,
     handed_back: Vec<Item>,
+    /// Intents received under a pin this replica just gained, not started yet.
+    hold: PinHold,
     /// An unpark marker is out at this stream sequence: nothing at or after it is started.
     stop_at: Option<u64>,
     marker_sent: Option<tokio::time::Instant>,
@@ -210,6 +218,7 @@ async fn pull(
         flights: Flights::default(),
         busy: HashSet::new(),
         handed_back: Vec::new(),
+        hold: PinHold::default(),
         stop_at: None,
         marker_sent: None,
     };
@@ -217,6 +226,12 @@ async fn pull(
     progress.tick().await;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Its first tick after a hold starts comes at once (the ticks missed while nothing was held):
+    // a drain that opens its subscription holds its first intents only as long as one look at
+    // the consumer takes.
+    let mut hold_check = tokio::time::interval(HOLD_CHECK);
+    hold_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let filter = shared.subjects.intents_to(to);
     // Only the replica that holds the pin receives; only it asks to unpark.
     let mut received_any = false;
     // The last message received had nothing pending behind it.
@@ -291,6 +306,17 @@ async fn pull(
                 for item in buf.queues.values().flatten() {
                     let _ = item.msg.ack_with(AckKind::Progress).await;
                 }
+                for msg in buf.hold.messages() {
+                    let _ = msg.ack_with(AckKind::Progress).await;
+                }
+            }
+            // The ack floor moves with no event this replica could wait for (the previous
+            // holder acks its own intents), so it is read while intents are held.
+            _ = hold_check.tick(), if !buf.hold.is_empty() => {
+                let floor = Floor::Filtered { stream: &shared.objects.intents, filter: &filter };
+                for msg in buf.hold.release(consumer, floor).await {
+                    admit(shared, &mut buf, msg, to, skip, !killed && draining.is_none()).await;
+                }
             }
             _ = tick.tick() => {
                 if buf.marker_sent.is_some_and(|t| t.elapsed() > MARKER_ANSWER_WAIT) {
@@ -319,7 +345,7 @@ async fn pull(
                         // and no pull is waiting. Seen under heavy replays (the pull stream's
                         // accounting stops asking); a fresh subscription pulls again.
                         let unseen = info.num_pending > 0
-                            || info.num_ack_pending > buf.held.len();
+                            || info.num_ack_pending > buf.held.len() + buf.hold.len();
                         if unseen && info.num_waiting == 0 && buf.stop_at.is_none() {
                             stalled += 1;
                         } else {
@@ -349,8 +375,19 @@ async fn pull(
                     Some(Ok(msg)) => msg,
                 };
                 received_any = true;
-                caught_up = msg.info().is_ok_and(|i| i.pending == 0);
-                admit(shared, &mut buf, msg, to, skip, !killed && draining.is_none()).await;
+                let Ok(info) = msg.info() else {
+                    tracing::warn!(%to, "message without JetStream metadata; ignored");
+                    continue;
+                };
+                caught_up = info.pending == 0;
+                let seq = info.stream_sequence;
+                if buf.held.contains(&seq) {
+                    // A redelivery of an intent this worker still holds: the held copy will be acked.
+                    continue;
+                }
+                if let Some(msg) = buf.hold.receive(msg, seq, "parked recipient") {
+                    admit(shared, &mut buf, msg, to, skip, !killed && draining.is_none()).await;
+                }
             }
         }
         if let Some(revision) = draining {
@@ -386,9 +423,10 @@ async fn pull(
     }
 }
 
-/// Nothing in flight and nothing startable queued.
+/// Nothing in flight, nothing held after a pin was gained, and nothing startable queued.
 fn idle(buf: &Buffer) -> bool {
     buf.flights.is_empty()
+        && buf.hold.is_empty()
         && buf
             .queues
             .values()
@@ -599,9 +637,15 @@ async fn hand_back(buf: &mut Buffer) -> u64 {
     for (_, q) in buf.queues.drain() {
         all.extend(q);
     }
-    all.sort_by_key(|i| i.seq);
-    for item in &all {
-        let _ = item.msg.ack_with(AckKind::Nak(None)).await;
+    let mut all: Vec<(u64, jetstream::Message)> = all.into_iter().map(|i| (i.seq, i.msg)).collect();
+    for msg in buf.hold.take_all() {
+        if let Ok(info) = msg.info() {
+            all.push((info.stream_sequence, msg));
+        }
+    }
+    all.sort_by_key(|(seq, _)| *seq);
+    for (_, msg) in &all {
+        let _ = msg.ack_with(AckKind::Nak(None)).await;
     }
     buf.held.clear();
     buf.busy.clear();

@@ -9,6 +9,7 @@
 //! - [`discover`]: finds parked recipients and starts their drains.
 //! - [`drain`]: the drain of one parked recipient's consumer; holds, retries, replays in order.
 //! - [`deliver`]: one intent's delivery: gate checks, policies, request, ack.
+//! - [`pin_hold`]: after a pin is gained, holds new intents until the previous holder's are done.
 //! - [`flights`]: deliveries in flight, each a task of its own (why: see the module).
 //! - [`reject`]: rejection notices and audit records.
 //! - [`activity`]: the agents seen as senders or recipients, in `mesh-activity` for status.
@@ -20,4 +21,5 @@ pub mod drain;
 pub mod flights;
 pub mod lane;
 pub mod park;
+pub mod pin_hold;
 pub mod reject;

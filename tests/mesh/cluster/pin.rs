@@ -1,6 +1,7 @@
-//! Order across a change of the shared consumer's leader (issue 13, limit 11): nats-server
-//! forgets the pin of `mesh_deliver` when its leader changes and pins whichever replica pulls
-//! next, while the replica that had the pin still holds a queue for a slow recipient. The
+//! Order across a change of a pinned consumer's leader (limit 11): nats-server forgets the pin
+//! of `mesh_deliver`, or of a parked recipient's `in_<id>`, when its leader changes and pins
+//! whichever replica pulls next, while the replica that had the pin still holds a queue for a
+//! slow recipient. The
 //! leader is moved with the consumer's step-down API (what the loss of its node does, without
 //! the outage), a few times, while intents flow to a recipient that answers slowly; the intents
 //! from the one sender must still arrive in order, and all of them.
@@ -18,28 +19,27 @@ use mesh_tests::{connect, eventually, init_tracing};
 
 use super::r3;
 
-/// The node leading consumer `mesh_deliver`.
-async fn deliver_leader(js: &jetstream::Context) -> Option<String> {
+/// The node leading consumer `name` of the intents stream.
+async fn consumer_leader(js: &jetstream::Context, name: &str) -> Option<String> {
     let stream = js.get_stream("MESH_INTENTS").await.ok()?;
-    let mut consumer: jetstream::consumer::PullConsumer =
-        stream.get_consumer("mesh_deliver").await.ok()?;
+    let mut consumer: jetstream::consumer::PullConsumer = stream.get_consumer(name).await.ok()?;
     let info = consumer.info().await.ok()?;
     info.cluster.as_ref().and_then(|c| c.leader.clone())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn order_holds_when_the_shared_consumer_changes_leader_under_a_queue() {
+/// On a three-node cluster with two gateways, moves the leader of consumer `name` four times
+/// while `sender` floods `builder`, which answers in 15 ms against an intent every 10 ms; then
+/// checks that every intent arrived, in order. Each step-down gives the pin to whichever replica
+/// pulls first; four of them move it to the other replica at least once in all but one run in
+/// sixteen.
+async fn step_down_under_flood(name: &str, tweak: fn(&mut mesh_gateway::GatewayConfig)) {
     init_tracing();
     let cluster = Cluster::start(3);
     let urls = cluster.urls();
-    let gw1 = GatewayTask::start(&urls[0], "gw1", r3).await;
-    let gw2 = GatewayTask::start(&urls[1], "gw2", r3).await;
+    let gw1 = GatewayTask::start(&urls[0], "gw1", tweak).await;
+    let gw2 = GatewayTask::start(&urls[1], "gw2", tweak).await;
     let client = connect(&urls[2]).await;
-    let js = jetstream::new(client.clone());
     wait_live(&client, &["gw1", "gw2"]).await;
-
-    // 15 ms per intent against one every 10 ms: the active replica holds a queue for builder
-    // (well under park_backlog in the few seconds this runs).
     let builder = Recorder::default();
     let _b = agents::serve_slowly(
         &connect(&urls[2]).await,
@@ -50,33 +50,37 @@ async fn order_holds_when_the_shared_consumer_changes_leader_under_a_queue() {
         Duration::from_millis(15),
     )
     .await;
+    let url = &urls[2];
+    let js = jetstream::new(client.clone());
     let stop = Arc::new(AtomicBool::new(false));
     let sender = flood(
-        connect(&urls[2]).await,
+        connect(url).await,
         "sender",
         "builder",
         Duration::from_millis(10),
         stop.clone(),
     );
     builder.wait_unique("sender", 20).await;
-
-    // Each step-down gives the pin to whichever replica pulls first; four of them move it to the
-    // other replica at least once in all but one run in sixteen.
     for _ in 0..4 {
-        let before = deliver_leader(&js).await;
+        eventually("the consumer exists", || {
+            let js = js.clone();
+            async move { consumer_leader(&js, name).await.is_some() }
+        })
+        .await;
+        let before = consumer_leader(&js, name).await;
         let reply = client
             .request(
-                "$JS.API.CONSUMER.LEADER.STEPDOWN.MESH_INTENTS.mesh_deliver",
+                format!("$JS.API.CONSUMER.LEADER.STEPDOWN.MESH_INTENTS.{name}"),
                 "".into(),
             )
             .await
             .expect("step-down answered");
-        tracing::info!(answer = %String::from_utf8_lossy(&reply.payload), ?before, "stepped down");
-        eventually("mesh_deliver has a new leader", || {
+        tracing::info!(answer = %String::from_utf8_lossy(&reply.payload), ?before, name, "stepped down");
+        eventually("the consumer has a new leader", || {
             let js = js.clone();
             let before = before.clone();
             async move {
-                let now = deliver_leader(&js).await;
+                let now = consumer_leader(&js, name).await;
                 now.is_some() && now != before
             }
         })
@@ -106,4 +110,25 @@ async fn order_holds_when_the_shared_consumer_changes_leader_under_a_queue() {
         "{} of {sent} intents out of order: {inversions:?}",
         inversions.len()
     );
+}
+
+/// The active replica holds a queue for builder (well under park_backlog in the few seconds
+/// this runs) when the shared consumer's leader moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_holds_when_the_shared_consumer_changes_leader_under_a_queue() {
+    step_down_under_flood("mesh_deliver", r3).await;
+}
+
+/// The same for a parked recipient: its consumer `in_<id>` is pinned too, and the replica that
+/// gains its pin must not start newer intents while the previous holder still delivers older
+/// ones (the inversions the chaos soak found). A backlog of 10 parks builder within the first
+/// second of the flood; it answers slower than intents arrive, so it stays parked and its drain
+/// busy for the whole test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_holds_when_a_parked_recipients_consumer_changes_leader() {
+    step_down_under_flood("in_builder", |c| {
+        r3(c);
+        c.park_backlog = 10;
+    })
+    .await;
 }

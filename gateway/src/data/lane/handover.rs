@@ -89,11 +89,9 @@ impl Lane {
         self.parking.clear();
         let mut out: Vec<(u64, jetstream::Message)> =
             all.into_iter().map(|i| (i.seq, i.msg)).collect();
-        for hold in self.hold.drain(..) {
-            for msg in hold.messages {
-                if let Ok(info) = msg.info() {
-                    out.push((info.stream_sequence, msg));
-                }
+        for msg in self.hold.take_all() {
+            if let Ok(info) = msg.info() {
+                out.push((info.stream_sequence, msg));
             }
         }
         out

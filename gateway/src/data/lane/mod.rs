@@ -23,15 +23,13 @@
 //! Order across a change of pin: nats-server forgets the pin when the consumer's leader changes
 //! (the node leading `mesh_deliver` is lost) and pins whichever replica pulls next, while the
 //! replica that had it may still hold intents it pulled. So a lane that sees a new `Nats-Pin-Id`
-//! holds everything from the first sequence it got under that pin until the consumer's ack
-//! floor reaches that sequence: the previous holder's intents are then delivered (and acked) or
-//! back in JetStream, which redelivers them here before anything newer of their sender.
+//! holds everything from the first sequence it got under that pin until the previous holder's
+//! intents are delivered (and acked) or back in JetStream ([`crate::data::pin_hold`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::header::NATS_PIN_ID;
 use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
 use futures::StreamExt;
 use mesh_schemas::headers::MESH_UNPARK_REPLY;
@@ -42,15 +40,13 @@ use crate::data::deliver::{deliver, Item, OnFailure, Outcome};
 use crate::data::drain::check;
 use crate::data::flights::Flights;
 use crate::data::park;
+use crate::data::pin_hold::{Floor, PinHold, HOLD_CHECK};
 use crate::setup;
 use crate::shared::Shared;
 
 mod handover;
-mod hold;
 mod parking;
 mod receive;
-
-use hold::Hold;
 
 /// Delivered stream sequences remembered per recipient, to tell a parked consumer which of the
 /// intents after its start are delivered already.
@@ -59,9 +55,6 @@ const RECENT_DONE: usize = 512;
 /// A replica that saw no message for this long may have lost the pin and got it back: it
 /// re-reads the parked set before it acts on the next message.
 const REFRESH_AFTER_IDLE: Duration = Duration::from_secs(1);
-
-/// How often a lane holding intents after a change of pin reads the consumer's ack floor.
-const HOLD_CHECK: Duration = Duration::from_millis(100);
 
 /// How long a stepping-down replica pauses the shared consumer at most (it resumes it itself
 /// after a few milliseconds; this bounds the pause if the process dies in between).
@@ -158,14 +151,8 @@ struct Lane {
     last_message: Instant,
     /// No parking attempt before this (after a failed one).
     park_retry_at: Instant,
-    /// The last `Nats-Pin-Id` seen on a message: a different one means the pin changed hands.
-    pin: Option<String>,
-    /// The highest stream sequence received.
-    highest: u64,
-    /// Intents received under a new pin, not started until the previous holder's are done: one
-    /// segment per pin gained, oldest first (the pin can move away and back while the lane
-    /// still holds, and another replica then had the intents between two segments).
-    hold: VecDeque<Hold>,
+    /// Intents received under a new pin, not started until the previous holder's are done.
+    hold: PinHold,
 }
 
 impl Lane {
@@ -181,9 +168,7 @@ impl Lane {
             total: 0,
             last_message: Instant::now(),
             park_retry_at: Instant::now(),
-            pin: None,
-            highest: 0,
-            hold: VecDeque::new(),
+            hold: PinHold::default(),
         }
     }
 
@@ -231,14 +216,17 @@ impl Lane {
                             let _ = item.msg.ack_with(AckKind::Progress).await;
                         }
                     }
-                    for msg in self.hold.iter().flat_map(|h| &h.messages) {
+                    for msg in self.hold.messages() {
                         let _ = msg.ack_with(AckKind::Progress).await;
                     }
                 }
                 _ = sweep.tick() => self.sweep(),
                 // The ack floor moves with no event this replica could wait for (the previous
                 // holder acks its own intents), so it is read while intents are held.
-                _ = hold_check.tick(), if !self.hold.is_empty() => self.check_hold(consumer).await,
+                _ = hold_check.tick(), if !self.hold.is_empty() => {
+                    let released = self.hold.release(consumer, Floor::Whole).await;
+                    self.released(released).await;
+                }
                 msg = messages.next(), if self.total < limit => {
                     match msg {
                         None => {

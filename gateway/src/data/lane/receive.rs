@@ -2,6 +2,7 @@
 //! each delivery that finishes (start the sender's next intent, or park the recipient).
 
 use super::*;
+use crate::data::pin_hold::pin_of;
 
 impl Lane {
     /// A message from the shared consumer.
@@ -13,61 +14,33 @@ impl Lane {
                 return;
             }
         };
-        let pin = msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get_last(NATS_PIN_ID))
-            .map(|v| v.as_str().to_string());
-        self.shared.metrics.saw_pin(pin.as_deref());
-        if pin.is_some() && pin != self.pin {
-            tracing::info!(pin = ?pin, previous = ?self.pin, first = seq, "shared consumer pinned to this replica; holding new intents until the previous holder's are acknowledged");
-            self.pin = pin;
-            // The new pin's first message can be a redelivery of an older intent (the new
-            // leader does not know of progress acks sent to the old one): the segment starts
-            // after everything this lane has seen.
-            let first = seq.max(self.highest + 1);
-            if self.hold.back().is_none_or(|h| h.first < first) {
-                self.hold.push_back(Hold {
-                    first,
-                    lowest: first,
-                    redelivered: false,
-                    messages: Vec::new(),
-                    since: Instant::now(),
-                });
-            }
-        }
-        self.highest = self.highest.max(seq);
+        self.shared.metrics.saw_pin(pin_of(&msg));
         if self.held.contains(&seq) {
             // A redelivery of an intent this lane still holds: the held copy will be acked.
             return;
         }
-        // The newest segment that starts at or before this sequence. Below the first one, while
-        // holding: an older intent redelivered (handed back, or its ack wait ran out at the new
-        // leader) that the previous holder may also still hold; it waits in the oldest segment
-        // until every intent before it is acked.
-        if let Some(hold) = self.hold.iter_mut().rev().find(|h| h.first <= seq) {
-            hold.messages.push(msg);
+        let Some(msg) = self.hold.receive(msg, seq, "shared lane") else {
             self.total += 1;
             return;
-        }
-        if !self.hold.is_empty() {
-            match self.hold.front_mut() {
-                Some(hold) if hold.redelivered => hold.lowest = hold.lowest.min(seq),
-                _ => self.hold.push_front(Hold {
-                    first: seq,
-                    lowest: seq,
-                    redelivered: true,
-                    messages: Vec::new(),
-                    since: Instant::now(),
-                }),
-            }
-            if let Some(hold) = self.hold.front_mut() {
-                hold.messages.push(msg);
-                self.total += 1;
-            }
+        };
+        self.admit(msg, seq, delivered).await;
+    }
+
+    /// Intents held after a pin was gained whose turn has come, lowest sequence first.
+    pub(super) async fn released(&mut self, messages: Vec<jetstream::Message>) {
+        if messages.is_empty() {
             return;
         }
-        self.admit(msg, seq, delivered).await;
+        // The previous holder may have parked or unparked recipients meanwhile.
+        self.parked_known = false;
+        self.total -= messages.len();
+        for msg in messages {
+            let (seq, delivered) = match msg.info() {
+                Ok(info) => (info.stream_sequence, info.delivered.max(1) as u32),
+                Err(_) => continue,
+            };
+            self.admit(msg, seq, delivered).await;
+        }
     }
 
     /// A message this lane may act on now.

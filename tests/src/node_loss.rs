@@ -480,9 +480,10 @@ pub async fn run(loss: Loss) -> Figures {
             let (a, b) = (&got[i], &got[i + 1]);
             let seq = |p: &str| seqs.get(&format!("sender-builder-{p}")).cloned();
             inversions.push(format!(
-                "{a} (stream seqs {:?}) delivered before {b} (stream seqs {:?})",
+                "{a} (stream seqs {:?}) delivered before {b} (stream seqs {:?}, first seen at attempt {:?})",
                 seq(a),
-                seq(b)
+                seq(b),
+                first_attempt(&builder, b)
             ));
         }
     }
@@ -502,6 +503,15 @@ pub async fn run(loss: Loss) -> Figures {
         kills,
         replayed,
     }
+}
+
+/// The attempt (`Mesh-Attempt`) at which `sender`'s intent with payload `payload` first reached
+/// `rec`: above 1, the earlier attempts never reached the agent.
+fn first_attempt(rec: &Recorder, payload: &str) -> Option<u32> {
+    rec.all()
+        .iter()
+        .find(|r| r.from == "sender" && r.payload == payload.as_bytes())
+        .map(|r| r.attempt)
 }
 
 /// Positions `i` where payload `i` is not below payload `i + 1`.

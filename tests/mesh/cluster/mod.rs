@@ -16,6 +16,7 @@ use mesh_tests::gateways::{wait_live, GatewayTask};
 use mesh_tests::node_loss::flood;
 use mesh_tests::{connect, init_tracing};
 
+mod durability;
 mod failover;
 mod leaders;
 mod node_loss;

@@ -203,6 +203,11 @@ impl Proc {
         }
     }
 
+    /// SIGKILL, as in a crash: nothing is flushed. Waits until it is gone.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
     /// SIGTERM, then up to `grace` for it to exit, then SIGKILL.
     pub async fn stop(mut self, grace: Duration) {
         let Some(pid) = self.child.id() else { return };
@@ -240,6 +245,64 @@ pub async fn start_nats(
     port: Option<u16>,
     conf: Option<&Path>,
 ) -> Result<(Proc, String), LocalError> {
+    start_server(binary, dir, port, conf, "mesh-up", None).await
+}
+
+/// One node of a local JetStream cluster (`mesh-cli demo --cluster`): its name, its directory
+/// (store, log, config), and the cluster ports of every node, its own at `index`.
+#[derive(Debug, Clone)]
+pub struct ClusterNode {
+    pub name: String,
+    pub dir: PathBuf,
+    pub index: usize,
+    pub cluster_ports: Vec<u16>,
+}
+
+impl ClusterNode {
+    /// `size` nodes named `n1`, `n2`, … under `dir`, on cluster ports free right now.
+    pub fn plan(dir: &Path, size: usize) -> Result<Vec<ClusterNode>, LocalError> {
+        // Bound together so that no two are the same; released just before the nodes start.
+        let listeners = (0..size)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(io_err("reserve cluster ports on 127.0.0.1"))?;
+        let cluster_ports = listeners
+            .iter()
+            .map(|l| l.local_addr().map(|a| a.port()))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(io_err("read a reserved cluster port"))?;
+        Ok((0..size)
+            .map(|index| ClusterNode {
+                name: format!("n{}", index + 1),
+                dir: dir.join(format!("n{}", index + 1)),
+                index,
+                cluster_ports: cluster_ports.clone(),
+            })
+            .collect())
+    }
+
+    /// Starts the node (again, on client port `port` when given, with the store it had) and
+    /// returns it with its client URL, as [`start_nats`] does.
+    pub async fn start(
+        &self,
+        binary: &Path,
+        port: Option<u16>,
+        conf: Option<&Path>,
+    ) -> Result<(Proc, String), LocalError> {
+        // A SIGKILLed server leaves its ports file; a stale one would pass for the new one.
+        let _ = std::fs::remove_dir_all(self.dir.join("ports"));
+        start_server(binary, &self.dir, port, conf, &self.name, Some(self)).await
+    }
+}
+
+async fn start_server(
+    binary: &Path,
+    dir: &Path,
+    port: Option<u16>,
+    conf: Option<&Path>,
+    name: &str,
+    node: Option<&ClusterNode>,
+) -> Result<(Proc, String), LocalError> {
     let store = dir.join("store");
     let ports = dir.join("ports");
     for d in [&store, &ports] {
@@ -252,11 +315,25 @@ pub async fn start_nats(
         cmd.arg("-c").arg(conf);
     }
     cmd.arg("-js")
-        .args(["-a", "127.0.0.1", "-p", &port, "-n", "mesh-up"])
+        .args(["-a", "127.0.0.1", "-p", &port, "-n", name])
         .arg("-sd")
         .arg(&store)
         .arg("--ports_file_dir")
         .arg(&ports);
+    if let Some(node) = node {
+        let routes: Vec<String> = node
+            .cluster_ports
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect();
+        cmd.args(["--cluster_name", "mesh-demo", "--cluster"])
+            .arg(format!(
+                "nats://127.0.0.1:{}",
+                node.cluster_ports[node.index]
+            ))
+            .arg("--routes")
+            .arg(routes.join(","));
+    }
     let mut proc = Proc::spawn("nats-server", cmd, log)?;
     let deadline = Instant::now() + NATS_START_TIMEOUT;
     loop {

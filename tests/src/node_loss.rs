@@ -1,6 +1,7 @@
 //! Issue 13, the flood-and-kill scenario: three nodes, two `mesh-gateway` processes with
 //! `--replicas 3` each given one node's URL, agents on the third node, intents flowing; the
-//! node leading `MESH_INTENTS` is SIGKILLed and restarted 5 s later, and `mesh-cli kill` runs
+//! node leading `MESH_INTENTS` (or another, see [`Loss`]: the `KV_mesh-kill` leader, the meta
+//! leader, or every node in turn) is SIGKILLed and restarted 5 s later, and `mesh-cli kill` runs
 //! during the outage (agent `v1`) and right after it (`v2`). Nothing may reach or leave a
 //! killed agent after its kill returned, nothing may be lost, and the intents from one sender
 //! to one recipient must arrive in order. The stream sequence of every intent is read back from
@@ -110,6 +111,8 @@ pub struct Kill {
     /// The same at the end of the run.
     pub to_at_end: usize,
     pub from_at_end: usize,
+    /// Whether the `*_at_end` counts are taken (at the resume, or at the end of the run).
+    pub closed: bool,
     pub output: String,
 }
 
@@ -117,6 +120,24 @@ impl Kill {
     pub fn after_return(&self) -> usize {
         (self.to_at_end - self.to_at_return) + (self.from_at_end - self.from_at_return)
     }
+
+    /// Takes the counts that end the kill's watch: at its resume or at the end of the run.
+    pub fn close(&mut self, victim: &Recorder, builder: &Recorder) {
+        self.to_at_end = victim.len();
+        self.from_at_end = count_from(builder, self.agent);
+        self.closed = true;
+    }
+}
+
+/// Intents held for a killed agent, delivered after its resume.
+#[derive(Debug)]
+pub struct Replay {
+    /// Intents `sender → v1` stored over the whole run.
+    pub sent: usize,
+    /// Of those, delivered (first deliveries) by the end of the run.
+    pub delivered: usize,
+    /// Positions where a first delivery came before an earlier intent.
+    pub out_of_order: usize,
 }
 
 /// What one run saw.
@@ -132,6 +153,8 @@ pub struct Figures {
     pub kills: Vec<Kill>,
     /// The nats-server release the run used.
     pub server: String,
+    /// For a rolling restart: what `v1` got after its resume.
+    pub replayed: Option<Replay>,
 }
 
 impl Figures {
@@ -154,8 +177,14 @@ impl Figures {
             .iter()
             .map(|k| format!("{}:{:?}", k.agent, k.exit))
             .collect();
+        let replayed = self.replayed.as_ref().map_or(String::new(), |r| {
+            format!(
+                " replayed {}/{} out-of-order {}",
+                r.delivered, r.sent, r.out_of_order
+            )
+        });
         format!(
-            "sent {} delivered {} lost {} out-of-order {} after-kill {} unconfirmed-delivering {} kill exits [{}]",
+            "sent {} delivered {} lost {} out-of-order {} after-kill {} unconfirmed-delivering {} kill exits [{}]{replayed}",
             self.sent,
             self.delivered,
             self.lost(),
@@ -178,7 +207,10 @@ impl Figures {
         );
     }
     pub fn clean(&self) -> bool {
-        self.lost() == 0
+        self.replayed
+            .as_ref()
+            .is_none_or(|r| r.delivered == r.sent && r.out_of_order == 0)
+            && self.lost() == 0
             && self.inversions.is_empty()
             && self.after_kill() == 0
             && self
@@ -245,12 +277,80 @@ async fn kill(urls: &str, agent: &'static str, victim: &Recorder, builder: &Reco
         from_at_return: count_from(builder, agent),
         to_at_end: 0,
         from_at_end: 0,
+        closed: false,
         output: shown(&out),
     }
 }
 
-/// One run of the scenario.
+/// Which node a run loses, and how.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loss {
+    /// SIGKILL of the node leading this stream (`MESH_INTENTS`, `KV_mesh-kill`), restarted 5 s
+    /// later; `v1` is killed during the outage, `v2` right after it.
+    StreamLeader(&'static str),
+    /// SIGKILL of the JetStream meta leader, restarted 5 s later; kills as above.
+    MetaLeader,
+    /// Every node stopped (SIGTERM) and restarted in turn, each rejoined and every stream
+    /// current before the next; `v1` is killed while the first node is down and resumed while
+    /// the last one is, and must then get every intent held for it, in order.
+    Rolling,
+}
+
+impl std::fmt::Display for Loss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Loss::StreamLeader(stream) => write!(f, "leader of {stream}"),
+            Loss::MetaLeader => f.write_str("meta leader"),
+            Loss::Rolling => f.write_str("rolling restart"),
+        }
+    }
+}
+
+/// One run of the scenario across the loss of the `MESH_INTENTS` leader.
 pub async fn run_once() -> Figures {
+    run(Loss::StreamLeader("MESH_INTENTS")).await
+}
+
+/// Waits until every running node agrees on a meta leader and every stream has a leader
+/// and two current replicas, none offline: the cluster is whole again after a restart.
+pub async fn wait_current(cluster: &Cluster, js: &jetstream::Context) {
+    tokio::task::block_in_place(|| cluster.wait_for_meta_leader());
+    crate::eventually("every stream led, with two current replicas", || {
+        let js = js.clone();
+        async move {
+            let Ok(names) = js
+                .stream_names()
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
+            else {
+                return false;
+            };
+            for name in names {
+                let Ok(mut stream) = js.get_stream(&name).await else {
+                    return false;
+                };
+                let Ok(info) = stream.info().await else {
+                    return false;
+                };
+                let whole = info.cluster.as_ref().is_some_and(|c| {
+                    c.leader.is_some()
+                        && c.replicas.len() == 2
+                        && c.replicas.iter().all(|p| p.current && !p.offline)
+                });
+                if !whole {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+}
+
+/// One run of the scenario, losing what `loss` says.
+pub async fn run(loss: Loss) -> Figures {
     tokio::task::block_in_place(|| {
         cli_binary();
         gateway_binary();
@@ -260,7 +360,11 @@ pub async fn run_once() -> Figures {
     let all = urls.join(",");
     let setup = connect(&urls[0]).await;
     let js = ready_r3(&setup).await;
-    let lost = leader_of(&js, "MESH_INTENTS").await;
+    let lost = match loss {
+        Loss::StreamLeader(stream) => leader_of(&js, stream).await,
+        Loss::MetaLeader => tokio::task::block_in_place(|| cluster.wait_for_meta_leader()),
+        Loss::Rolling => 0,
+    };
     let second = (lost + 1) % 3;
     let agents_node = (lost + 2) % 3;
     let r3 = [("MESH_REPLICAS", "3")];
@@ -268,6 +372,21 @@ pub async fn run_once() -> Figures {
     let _gw2 = GatewayProcess::start_with(&urls[second], "gw2", &r3);
     let here = connect(&urls[agents_node]).await;
     wait_live(&here, &["gw1", "gw2"]).await;
+    let deliver_leader = match js.get_stream("MESH_INTENTS").await {
+        Ok(stream) => match stream.consumer_info("mesh_deliver").await {
+            Ok(info) => format!("{:?}", info.cluster.and_then(|c| c.leader)),
+            Err(e) => e.to_string(),
+        },
+        Err(e) => e.to_string(),
+    };
+    tracing::info!(
+        %loss,
+        lost = cluster.node(lost).name(),
+        intents = leader_of(&js, "MESH_INTENTS").await + 1,
+        kill_bucket = leader_of(&js, "KV_mesh-kill").await + 1,
+        mesh_deliver = %deliver_leader,
+        "placement (leaders as n<i>)"
+    );
 
     let builder = Recorder::default();
     let v1 = Recorder::default();
@@ -310,25 +429,54 @@ pub async fn run_once() -> Figures {
     }
     builder.wait_unique("sender", 300).await;
 
-    tokio::task::block_in_place(|| cluster.node(lost).kill());
-    let lost_at = tokio::time::Instant::now();
-    let mut kills = vec![kill(&all, "v1", &v1, &builder).await];
-    // The outage itself, not a wait for an event.
-    tokio::time::sleep_until(lost_at + Duration::from_secs(5)).await;
-    tokio::task::block_in_place(|| cluster.node(lost).restart());
-    kills.push(kill(&all, "v2", &v2, &builder).await);
+    let mut kills = Vec::new();
+    if loss == Loss::Rolling {
+        for (step, node) in [lost, second, agents_node].into_iter().enumerate() {
+            tokio::task::block_in_place(|| cluster.node(node).stop());
+            match step {
+                0 => kills.push(kill(&all, "v1", &v1, &builder).await),
+                2 => {
+                    // What was delivered until the resume counts against the kill.
+                    kills[0].close(&v1, &builder);
+                    let out = finished(mesh_cli(&all, &["resume", "v1"])).await;
+                    assert!(out.status.success(), "resume v1: {}", shown(&out));
+                }
+                _ => {}
+            }
+            tokio::task::block_in_place(|| cluster.node(node).restart());
+            wait_current(&cluster, &js).await;
+        }
+    } else {
+        tokio::task::block_in_place(|| cluster.node(lost).kill());
+        let lost_at = tokio::time::Instant::now();
+        kills.push(kill(&all, "v1", &v1, &builder).await);
+        // The outage itself, not a wait for an event.
+        tokio::time::sleep_until(lost_at + Duration::from_secs(5)).await;
+        tokio::task::block_in_place(|| cluster.node(lost).restart());
+        kills.push(kill(&all, "v2", &v2, &builder).await);
+    }
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::SeqCst);
     let sent = main.await.expect("flood");
+    let mut floods = Vec::new();
     for f in others {
-        let _ = f.await;
+        floods.push(f.await.expect("flood"));
     }
 
-    // Everything stored reaches builder: at most an ack wait and a pin timeout after the end.
+    // Everything stored reaches builder (and, after its resume, v1): at most an ack wait and a
+    // pin timeout after the end.
+    let replay = (loss == Loss::Rolling).then_some((&v1, floods[0]));
     let mut counts = builder.count_watch();
+    let mut replays = v1.count_watch();
     let _ = tokio::time::timeout(Duration::from_secs(30), async {
-        while count_from(&builder, "sender") < sent {
-            if counts.changed().await.is_err() {
+        while count_from(&builder, "sender") < sent
+            || replay.is_some_and(|(rec, n)| count_from(rec, "sender") < n)
+        {
+            let changed = tokio::select! {
+                c = counts.changed() => c,
+                c = replays.changed() => c,
+            };
+            if changed.is_err() {
                 return;
             }
         }
@@ -337,37 +485,61 @@ pub async fn run_once() -> Figures {
     // Deliveries still in flight to or from a killed agent would show by now.
     tokio::time::sleep(Duration::from_secs(1)).await;
     for (k, rec) in kills.iter_mut().zip([&v1, &v2]) {
-        k.to_at_end = rec.len();
-        k.from_at_end = count_from(&builder, k.agent);
+        if !k.closed {
+            k.close(rec, &builder);
+        }
     }
 
     let got = builder.payloads_from("sender");
+    let broken = out_of_order(&got);
     let mut inversions = Vec::new();
-    let broken: Vec<usize> = got
-        .windows(2)
-        .enumerate()
-        .filter(|(_, w)| w[0].parse::<u64>().ok() >= w[1].parse::<u64>().ok())
-        .map(|(i, _)| i)
-        .collect();
     if !broken.is_empty() {
         let seqs = stream_seqs(&js, "mesh.intent.sender.builder.>").await;
         for i in broken {
             let (a, b) = (&got[i], &got[i + 1]);
             let seq = |p: &str| seqs.get(&format!("sender-builder-{p}")).cloned();
             inversions.push(format!(
-                "{a} (stream seqs {:?}) delivered before {b} (stream seqs {:?})",
+                "{a} (stream seqs {:?}) delivered before {b} (stream seqs {:?}, first seen at attempt {:?})",
                 seq(a),
-                seq(b)
+                seq(b),
+                first_attempt(&builder, b)
             ));
         }
     }
+    let replayed = replay.map(|(rec, sent)| {
+        let got = rec.payloads_from("sender");
+        Replay {
+            sent,
+            delivered: got.len(),
+            out_of_order: out_of_order(&got).len(),
+        }
+    });
     Figures {
         server: setup.server_info().version,
         sent,
         delivered: got.len(),
         inversions,
         kills,
+        replayed,
     }
+}
+
+/// The attempt (`Mesh-Attempt`) at which `sender`'s intent with payload `payload` first reached
+/// `rec`: above 1, the earlier attempts never reached the agent.
+fn first_attempt(rec: &Recorder, payload: &str) -> Option<u32> {
+    rec.all()
+        .iter()
+        .find(|r| r.from == "sender" && r.payload == payload.as_bytes())
+        .map(|r| r.attempt)
+}
+
+/// Positions `i` where payload `i` is not below payload `i + 1`.
+fn out_of_order(got: &[String]) -> Vec<usize> {
+    got.windows(2)
+        .enumerate()
+        .filter(|(_, w)| w[0].parse::<u64>().ok() >= w[1].parse::<u64>().ok())
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// Whether order across a change of the shared consumer's leader is asserted on this

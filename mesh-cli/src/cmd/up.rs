@@ -147,7 +147,7 @@ pub async fn run(args: Args, ctx: &mut Ctx) -> Result<(), CliError> {
     let operator_cfg = as_role(operator_creds.clone());
     let mut gateway = match &gateway_bin {
         Some(bin) => {
-            let mut proc = start_gateway(bin, &gateway_cfg, &dir)?;
+            let mut proc = start_gateway(bin, &gateway_cfg, &dir, 1)?;
             wait_for_gateway(&mut proc, &operator_cfg).await?;
             Some(proc)
         }
@@ -227,11 +227,12 @@ async fn wait_opt(proc: &mut Option<Proc>) -> std::io::Result<std::process::Exit
 /// Starts mesh-gateway with `cfg`'s NATS connection and names, logging to
 /// `<dir>/mesh-gateway.log`. Variables meant for mesh-cli are not passed on; the connection
 /// goes as `MESH_NATS_*` variables (replacing any inherited ones), so that no password or token
-/// shows on the command line.
+/// shows on the command line. Its streams and buckets get `replicas` copies (3 on a cluster).
 pub(crate) fn start_gateway(
     bin: &std::path::Path,
     cfg: &CliConfig,
     dir: &std::path::Path,
+    replicas: u8,
 ) -> Result<Proc, LocalError> {
     let mut cmd = Command::new(bin);
     for var in NON_CONFIG_ENV
@@ -245,7 +246,7 @@ pub(crate) fn start_gateway(
     }
     cmd.envs(cfg.connection().env_vars());
     let n = &cfg.names;
-    cmd.env("MESH_REPLICAS", "1")
+    cmd.env("MESH_REPLICAS", replicas.to_string())
         .env("MESH_NAMES__PREFIX", &n.prefix)
         .env("MESH_NAMES__INTENTS_STREAM", &n.intents_stream)
         .env("MESH_NAMES__AUDIT_STREAM", &n.audit_stream)

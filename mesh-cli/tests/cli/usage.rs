@@ -62,16 +62,23 @@ async fn an_unreachable_server_fails_with_a_message_naming_the_url() {
     assert!(stderr(&o).contains("nats://127.0.0.1:1"), "{}", stderr(&o));
 }
 
-#[tokio::test]
-async fn demo_runs_the_rogue_agent_scenario_and_passes_its_checks() {
+/// Runs `mesh-cli demo <args>` within `limit`, asserts it passed, and returns its stdout.
+async fn demo(args: &[&str], limit: std::time::Duration) -> String {
     // The demo starts mesh-gateway processes from next to mesh-cli: build it (a no-op when
     // fresh), since `cargo test -p mesh-cli` alone does not.
     crate::up::build_gateway();
     let nats = mesh_testkit::nats_server_binary().expect("nats-server for the demo");
     let nats = nats.to_string_lossy().to_string();
-    let o = mesh_cli(&["demo"], &[("MESH_NATS_SERVER", nats.as_str())]).await;
+    let mut all = vec!["demo"];
+    all.extend_from_slice(args);
+    let o = crate::mesh_cli_within(&all, &[("MESH_NATS_SERVER", nats.as_str())], limit).await;
     assert_exit(&o, 0);
-    let out = crate::stdout(&o);
+    crate::stdout(&o)
+}
+
+#[tokio::test]
+async fn demo_runs_the_rogue_agent_scenario_and_passes_its_checks() {
+    let out = demo(&[], std::time::Duration::from_secs(60)).await;
     assert!(out.contains("2/2 replicas confirmed"), "{out}");
     assert!(
         out.contains("delivered to the deployer since the kill: 0"),
@@ -88,6 +95,30 @@ async fn demo_runs_the_rogue_agent_scenario_and_passes_its_checks() {
     );
     assert!(out.contains("audit: autokill deployer by policy:"), "{out}");
     assert!(out.contains("infra received"), "{out}");
+    assert!(out.contains("demo passed every check"), "{out}");
+}
+
+/// `demo --cluster`: the same scenario on a local three-node cluster, one node SIGKILLed before
+/// the kill and restarted before the resume.
+#[tokio::test]
+async fn demo_on_a_cluster_survives_the_loss_of_a_node() {
+    // About 45 s in a debug build on two cores; the limit leaves room for a loaded machine.
+    let out = demo(&["--cluster"], std::time::Duration::from_secs(180)).await;
+    assert!(out.contains("a three-node cluster, streams R3"), "{out}");
+    assert!(
+        out.contains("node n1 of the cluster crashes (SIGKILL)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("killed deployer: 2/2 replicas confirmed"),
+        "{out}"
+    );
+    assert!(
+        out.contains("delivered to the deployer since the kill: 0"),
+        "{out}"
+    );
+    assert!(out.contains("node n1 restarted"), "{out}");
+    assert!(out.contains("held intents delivered in order"), "{out}");
     assert!(out.contains("demo passed every check"), "{out}");
 }
 

@@ -1,6 +1,9 @@
 //! A three-node JetStream cluster losing nodes under a gateway: presence writes refused, a node
-//! lost while intents flow and kills are written (`node_loss`), and starting and killing while
-//! the cluster has no quorum (`quorum`). Each gateway gets one node's URL.
+//! lost while intents flow and kills are written (`node_loss`, and `leaders` for the leaders of
+//! `KV_mesh-kill` and of the meta group), a rolling restart of every node (`rolling`), a
+//! gateway given every URL losing its node (`failover`), and starting and killing while the
+//! cluster has no quorum (`quorum`). Unless a test says otherwise, each gateway gets one node's
+//! URL.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,9 +17,12 @@ use mesh_tests::node_loss::flood;
 use mesh_tests::{connect, init_tracing};
 
 mod durability;
+mod failover;
+mod leaders;
 mod node_loss;
 mod pin;
 mod quorum;
+mod rolling;
 
 /// Gateway settings for R3.
 fn r3(cfg: &mut mesh_gateway::GatewayConfig) {

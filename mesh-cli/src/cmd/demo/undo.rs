@@ -32,7 +32,7 @@ pub(super) async fn attempt(
                 let _ = tx.send(e);
             }
         })
-        .connect(mesh.cfg.nats_url.as_str())
+        .connect(super::servers(&mesh.cfg.nats_url)?)
         .await
         .map_err(|e| CliError::nats(format!("connect as {agent}"), e))?;
     let kill_bucket = &mesh.cfg.names.kill_bucket;

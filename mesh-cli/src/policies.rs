@@ -228,7 +228,7 @@ impl Edit<'_> {
         to: Option<&Policy>,
         last: u64,
     ) -> Result<u64, Conflict> {
-        let subject = format!("$KV.{}.{}", store.name, self.key);
+        let subject = mesh.kv_subject(&store.name, self.key);
         let mut headers = HeaderMap::new();
         headers.insert(
             "Nats-Expected-Last-Subject-Sequence",

@@ -14,25 +14,10 @@ use std::time::Duration;
 use async_nats::jetstream;
 use mesh_tests::agents::{self, Recorder};
 use mesh_tests::cli::{finished, mesh_cli_env, shown};
-use mesh_tests::gateways::{cli_binary, wait_live, GatewayTask};
+use mesh_tests::gateways::{wait_live, GatewayTask};
 use mesh_tests::mesh::HUB_DOMAIN;
-use mesh_tests::region::Region;
-use mesh_tests::{eventually, init_tracing, operator, Mesh};
-
-/// A hub with one gateway replica, region B linked to it, and an operator client in region A.
-async fn two_regions() -> (Mesh, Region, GatewayTask, async_nats::Client) {
-    init_tracing();
-    let (mesh, region) = tokio::task::block_in_place(|| {
-        cli_binary();
-        let mesh = Mesh::start_hub();
-        let region = Region::start(&mesh);
-        (mesh, region)
-    });
-    let gw = GatewayTask::start_in(&mesh, "gw1", |_| {}).await;
-    let op = mesh.operator().await;
-    wait_live(&op, &["gw1"]).await;
-    (mesh, region, gw, op)
-}
+use mesh_tests::region::two_regions;
+use mesh_tests::{eventually, operator, Mesh};
 
 /// Runs `mesh-cli <args>` as the operator against `url`, with the `MESH_*` variables `env`.
 async fn cli_run(mesh: &Mesh, url: &str, env: &[(&str, &str)], args: &[&str]) -> Output {

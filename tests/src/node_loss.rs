@@ -53,6 +53,20 @@ pub async fn ready_r3(client: &async_nats::Client) -> jetstream::Context {
     js
 }
 
+/// A three-node cluster with the mesh's streams and buckets at three replicas, created through
+/// its first node; `mesh-cli` and `mesh-gateway` built first (if `cargo test` has not), so that
+/// no build runs during a test's outage. Returns the cluster, its URLs and JetStream on node 1.
+pub async fn r3_cluster() -> (Cluster, Vec<String>, jetstream::Context) {
+    tokio::task::block_in_place(|| {
+        cli_binary();
+        gateway_binary();
+    });
+    let cluster = Cluster::start(3);
+    let urls = cluster.urls();
+    let js = ready_r3(&connect(&urls[0]).await).await;
+    (cluster, urls, js)
+}
+
 /// Sends `<from> → <to>` intents with ids `<from>-<to>-<i>` and payload `i` every `every` until
 /// `stop`, retrying each until JetStream stores it; returns how many were stored.
 pub fn flood(
@@ -251,15 +265,8 @@ async fn kill(urls: &str, agent: &'static str, victim: &Recorder, builder: &Reco
 
 /// One run of the scenario.
 pub async fn run_once() -> Figures {
-    tokio::task::block_in_place(|| {
-        cli_binary();
-        gateway_binary();
-    });
-    let cluster = Cluster::start(3);
-    let urls = cluster.urls();
+    let (cluster, urls, js) = r3_cluster().await;
     let all = urls.join(",");
-    let setup = connect(&urls[0]).await;
-    let js = ready_r3(&setup).await;
     let lost = leader_of(&js, "MESH_INTENTS").await;
     let second = (lost + 1) % 3;
     let agents_node = (lost + 2) % 3;
@@ -362,7 +369,7 @@ pub async fn run_once() -> Figures {
         }
     }
     Figures {
-        server: setup.server_info().version,
+        server: here.server_info().version,
         sent,
         delivered: got.len(),
         inversions,

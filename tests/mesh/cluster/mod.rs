@@ -16,6 +16,7 @@ use mesh_tests::{connect, init_tracing};
 mod durability;
 mod node_loss;
 mod pin;
+mod policy;
 mod quorum;
 
 /// Gateway settings for R3.

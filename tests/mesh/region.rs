@@ -438,3 +438,74 @@ async fn mesh_cli_in_region_b_works_through_the_hubs_domain() {
     to_worker.assert_in_order("planner-b", 30);
     wait_held(&op_a, "worker", 0).await;
 }
+
+/// Whether the server at `url` refuses `creds` at connect.
+async fn refused_at(url: &str, creds: &str) -> bool {
+    let res = async_nats::ConnectOptions::with_credentials(creds)
+        .expect("creds parse")
+        .max_reconnects(Some(1))
+        .connect(url)
+        .await;
+    matches!(res, Err(e) if e.kind() == async_nats::ConnectErrorKind::AuthorizationViolation)
+}
+
+/// Waits until `events` reports that its connection was closed.
+async fn disconnected(events: &mut tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>) {
+    loop {
+        match tokio::time::timeout(mesh_tests::DEADLINE, events.recv()).await {
+            Ok(Some(async_nats::Event::Disconnected)) => return,
+            Ok(Some(_)) => continue,
+            other => panic!("the revoked agent stayed connected: {other:?}"),
+        }
+    }
+}
+
+/// Revocations and region B: `mesh-cli agent revoke` pushes the account update to the server
+/// it is connected to, and the system account does not cross the leaf link (it carries the
+/// mesh account only), so the leaf's own resolver does not hear of a revocation pushed at the
+/// hub: the revoked credentials still work there. Running the same command at the leaf as
+/// well (with the hub's domain, for its audit record) cuts them off in region B too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_reaches_region_b_only_when_pushed_to_its_leaf_too() {
+    let (mesh, region, _gw, _op) = two_regions().await;
+    let b = region.url();
+    let creds = mesh.agent_creds("worker").expect("creds");
+    let (_at_a, mut events_a) = mesh.agent_watched("worker").await;
+    let (at_b, mut events_b) = mesh.agent_watched_at(&b, "worker").await;
+    let dir = mesh.auth().root().to_str().expect("utf-8 path").to_string();
+    let auth = ("MESH_AUTH_DIR", dir.as_str());
+
+    // Revoked at the hub: cut off there, but region B's leaf still takes the credentials.
+    let revoked = cli_json(&mesh, &mesh.url(), &[auth], &["agent", "revoke", "worker"]).await;
+    assert_eq!(
+        revoked["revoked"].as_array().map(Vec::len),
+        Some(1),
+        "{revoked}"
+    );
+    disconnected(&mut events_a).await;
+    assert!(
+        refused_at(&mesh.url(), &creds).await,
+        "the hub took revoked credentials"
+    );
+    mesh_tests::registered(&at_b).await;
+    assert!(
+        !refused_at(&b, &creds).await,
+        "the leaf refused the revoked credentials after a push to the hub alone: the \
+         revocation reached it, update docs/OPERATIONS.md"
+    );
+
+    // Pushed to the leaf as well: nothing new to revoke, the same account update is sent.
+    let again = cli_json(
+        &mesh,
+        &b,
+        &[auth, ("MESH_NATS_JS_DOMAIN", HUB_DOMAIN)],
+        &["agent", "revoke", "worker"],
+    )
+    .await;
+    assert_eq!(again["pushed"], true, "{again}");
+    disconnected(&mut events_b).await;
+    assert!(
+        refused_at(&b, &creds).await,
+        "the leaf took revoked credentials"
+    );
+}

@@ -29,15 +29,7 @@ async fn scene() -> Scene {
     let _gw = GatewayTask::start_in(&mesh, "gw1", |_| {}).await;
     let op = mesh.operator().await;
     wait_live(&op, &["gw1"]).await;
-    let to_victim = Recorder::default();
-    let _victim = agents::serve(
-        &mesh.agent("victim").await,
-        "victim",
-        "v1",
-        to_victim.clone(),
-        true,
-    )
-    .await;
+    let (to_victim, _victim) = agents::serve_at(&mesh, &mesh.url(), "victim", "v1").await;
     Scene {
         mesh,
         _gw,

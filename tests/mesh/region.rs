@@ -437,6 +437,18 @@ async fn mesh_cli_in_region_b_works_through_the_hubs_domain() {
     to_worker.assert_in_order("planner-a", 30);
     to_worker.assert_in_order("planner-b", 30);
     wait_held(&op_a, "worker", 0).await;
+
+    // The audit trail, read from region B, has the kill, the policy change and the resume.
+    let trail = cli_json(&mesh, &b, &env, &["audit", "--agent", "worker"]).await;
+    let kinds: Vec<&str> = trail
+        .as_array()
+        .unwrap_or_else(|| panic!("no audit entries: {trail}"))
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    for kind in ["kill", "policy", "resume"] {
+        assert!(kinds.contains(&kind), "no {kind} in {kinds:?}");
+    }
 }
 
 /// Whether the server at `url` refuses `creds` at connect.

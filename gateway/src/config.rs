@@ -277,6 +277,7 @@ const CLI_ONLY_ENV: &[&str] = &[
     "MESH_CONSOLE_ADDR",
     "MESH_CONSOLE_TOKEN",
     "MESH_CONSOLE_OPEN_READS",
+    "MESH_NATS_JS_DOMAIN",
 ];
 
 /// The machine's host name, for replica ids and presence records.

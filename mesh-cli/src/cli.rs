@@ -13,7 +13,9 @@ const AFTER_HELP: &str = "\
 Connection and names come from, in order: defaults, --config FILE (or MESH_CONFIG), MESH_*
 environment variables (MESH_NATS_URL, MESH_NATS_CREDS, MESH_NATS_TOKEN, MESH_NATS_TLS_CA,
 MESH_FENCE_TIMEOUT, MESH_NAMES__PREFIX, ...), then flags. --nats-url takes a comma-separated
-list of servers. MESH_JSON=1 is --json; MESH_LOG (or RUST_LOG) sets the log filter.
+list of servers. Connected to another region's leaf node, give the hub's JetStream domain with
+--js-domain (MESH_NATS_JS_DOMAIN): every command then reaches the hub's streams and buckets.
+MESH_JSON=1 is --json; MESH_LOG (or RUST_LOG) sets the log filter.
 
 Exit codes: 0 ok, 1 failure, 2 bad usage, configuration or policy value, 3 kill, resume or
 policy change written but not confirmed by every live gateway replica in time, 130 interrupted
@@ -38,6 +40,15 @@ pub struct Global {
     /// NATS connection: URL list, creds, nkey, user and password, token, TLS.
     #[command(flatten)]
     pub nats: NatsFlags,
+    /// The hub's JetStream domain, when connected to another region's leaf node (e.g. hub);
+    /// also MESH_NATS_JS_DOMAIN.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DOMAIN",
+        visible_alias = "nats-js-domain"
+    )]
+    pub js_domain: Option<String>,
     /// Print JSON for scripts instead of text for people; also MESH_JSON=1.
     #[arg(long, global = true)]
     pub json: bool,
@@ -124,9 +135,12 @@ mod tests {
             "--json",
             "--nats-url",
             "nats://x:1",
+            "--js-domain",
+            "hub",
         ])
         .expect("parses");
         assert!(cli.global.json);
+        assert_eq!(cli.global.js_domain.as_deref(), Some("hub"));
         assert_eq!(cli.global.nats.nats_url.as_deref(), Some("nats://x:1"));
         assert_eq!(cli.command.name(), "kill");
     }

@@ -42,6 +42,7 @@ const CLI_FIELDS: &[&str] = &[
     "nats_tls_ca",
     "nats_tls_cert",
     "nats_tls_key",
+    "nats_js_domain",
     "names",
     "replicas",
     "fence_timeout",
@@ -72,6 +73,11 @@ pub struct CliConfig {
     pub nats_tls_cert: Option<PathBuf>,
     /// PEM private key of `nats_tls_cert`.
     pub nats_tls_key: Option<PathBuf>,
+    /// The JetStream domain of the server that holds the mesh's streams and buckets (the hub's
+    /// `jetstream { domain }`), for an operator connected to another region's leaf node: the
+    /// JetStream API and KV subjects do not cross a leaf link, their domain-prefixed form
+    /// (`$JS.<domain>.API.>`) does. `None`: the connected server's own JetStream.
+    pub nats_js_domain: Option<String>,
     /// The auth directory (keys and issued credentials) for `agent add|revoke|list` and
     /// `kill --revoke`; `mesh-cli up` prints it, `mesh-cli auth init` creates one.
     pub auth_dir: Option<PathBuf>,
@@ -107,6 +113,7 @@ impl Default for CliConfig {
             nats_tls_ca: None,
             nats_tls_cert: None,
             nats_tls_key: None,
+            nats_js_domain: None,
             names: MeshNames::default(),
             replicas: 1,
             fence_timeout: Duration::from_secs(15),
@@ -122,6 +129,8 @@ impl Default for CliConfig {
 pub struct Overrides {
     /// `--nats-url`, `--nats-creds`, ... `--nats-tls-key`.
     pub nats: NatsFlags,
+    /// `--js-domain`.
+    pub js_domain: Option<String>,
     pub fence_timeout: Option<Duration>,
 }
 
@@ -164,6 +173,9 @@ impl CliConfig {
         let mut connection = cfg.connection();
         flags.nats.apply(&mut connection);
         cfg.set_connection(connection);
+        if let Some(domain) = &flags.js_domain {
+            cfg.nats_js_domain = Some(domain.clone());
+        }
         if let Some(timeout) = flags.fence_timeout {
             cfg.fence_timeout = timeout;
         }
@@ -180,6 +192,9 @@ impl CliConfig {
         Subjects::new(self.names.prefix.clone())
             .map_err(|e| invalid("names.prefix", &e.to_string()))?;
         self.connection().check()?;
+        if let Some(domain) = &self.nats_js_domain {
+            check_domain(domain).map_err(|problem| invalid("nats_js_domain", problem))?;
+        }
         if !matches!(self.replicas, 1..=5) {
             return Err(invalid("replicas", "must be 1 to 5 (3 for a cluster)"));
         }
@@ -240,6 +255,21 @@ impl CliConfig {
         self.set_connection(c);
         self
     }
+}
+
+/// Why `domain` cannot name a JetStream domain, if it cannot: it becomes one token of
+/// `$JS.<domain>.API.>`, as nats-server requires of its `jetstream { domain }`.
+fn check_domain(domain: &str) -> Result<(), &'static str> {
+    if domain.is_empty() {
+        return Err("is empty; leave it out to use the connected server's own JetStream");
+    }
+    if domain
+        .chars()
+        .any(|c| c.is_whitespace() || matches!(c, '.' | '*' | '>'))
+    {
+        return Err("must be one subject token: no dots, wildcards or spaces (e.g. `hub`)");
+    }
+    Ok(())
 }
 
 /// The `MESH_*` entries of `env` that are mesh-cli configuration, or unknown to both mesh-cli
@@ -310,6 +340,7 @@ mod tests {
                 nats_url: Some("nats://flag:4222".into()),
                 ..NatsFlags::default()
             },
+            js_domain: None,
             fence_timeout: Some(Duration::from_millis(250)),
         };
         let cfg = CliConfig::load(Some(&file), &e, &flags).expect("loads");
@@ -438,5 +469,38 @@ mod tests {
             "{err:?}"
         );
         assert!(err.to_string().contains("MESH_NATS_TOKEN"), "{err}");
+    }
+
+    #[test]
+    fn the_js_domain_layers_and_must_be_one_token() {
+        let e = env(&[("MESH_NATS_JS_DOMAIN", "hub")]);
+        let cfg = CliConfig::load(None, &e, &Overrides::default()).expect("loads");
+        assert_eq!(cfg.nats_js_domain.as_deref(), Some("hub"));
+        let flags = Overrides {
+            js_domain: Some("east".into()),
+            ..Overrides::default()
+        };
+        let cfg = CliConfig::load(None, &e, &flags).expect("loads");
+        assert_eq!(cfg.nats_js_domain.as_deref(), Some("east"));
+        // The gateway ignores it, so one environment serves both.
+        assert!(mesh_gateway::GatewayConfig::load(None, e).is_ok());
+        for bad in ["", "a.b", "hub*", ">", "a b"] {
+            let err = CliConfig::load(
+                None,
+                &env(&[("MESH_NATS_JS_DOMAIN", bad)]),
+                &Overrides::default(),
+            )
+            .expect_err("refused");
+            assert!(
+                matches!(
+                    err,
+                    ConfigError::Invalid {
+                        field: "nats_js_domain",
+                        ..
+                    }
+                ),
+                "{bad:?}: {err}"
+            );
+        }
     }
 }

@@ -98,6 +98,7 @@ pub async fn run(
     });
     let overrides = Overrides {
         nats: global.nats,
+        js_domain: global.js_domain,
         fence_timeout: command.fence_timeout(),
     };
     let cfg = CliConfig::load(file.as_deref(), &env, &overrides)?;

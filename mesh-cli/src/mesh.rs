@@ -29,21 +29,31 @@ impl Mesh {
     /// an error here: each command's own requests retry or fail with what they were doing.
     pub async fn open(cfg: CliConfig) -> Result<Mesh, CliError> {
         let client = connect::connect(&cfg).await?;
-        let js = jetstream::new(client.clone());
+        let js = match &cfg.nats_js_domain {
+            Some(domain) => jetstream::with_domain(client.clone(), domain),
+            None => jetstream::new(client.clone()),
+        };
         match js.query_account().await {
             Ok(_) => {}
             Err(e) if electing(&e) => {
                 tracing::warn!(error = %e, "JetStream does not answer yet (a cluster electing?); going on");
             }
             Err(e) => {
-                return Err(CliError::nats(
-                    format!(
-                        "JetStream does not answer at {}; the mesh needs a server started with \
-                         JetStream (nats-server -js, or `mesh-cli up`) and a user allowed to use it",
+                let hint = match &cfg.nats_js_domain {
+                    Some(domain) => format!(
+                        "no JetStream answers in domain `{domain}` from {}; check that the hub's \
+                         `jetstream {{ domain }}` is `{domain}` and that this server is linked to it",
                         redact(&cfg.nats_url)
                     ),
-                    e,
-                ))
+                    None => format!(
+                        "JetStream does not answer at {}; the mesh needs a server started with \
+                         JetStream (nats-server -js, or `mesh-cli up`) and a user allowed to use \
+                         it; connected to another region's leaf node, give the hub's JetStream \
+                         domain (--js-domain)",
+                        redact(&cfg.nats_url)
+                    ),
+                };
+                return Err(CliError::nats(hint, e));
             }
         }
         let subjects = cfg.subjects();
@@ -53,6 +63,24 @@ impl Mesh {
             cfg,
             subjects,
         })
+    }
+
+    /// JetStream on this session's connection and domain whose requests each wait at most
+    /// `timeout`.
+    pub fn js_within(&self, timeout: std::time::Duration) -> jetstream::Context {
+        let mut js = self.js.clone();
+        js.set_timeout(timeout);
+        js
+    }
+
+    /// The subject a write to `key` of KV bucket `bucket` is published on: `$KV.<bucket>.<key>`,
+    /// through the JetStream domain when one is configured (nats-server maps
+    /// `$JS.<domain>.API.$KV.>` to `$KV.>` in the domain's server).
+    pub fn kv_subject(&self, bucket: &str, key: &str) -> String {
+        match &self.cfg.nats_js_domain {
+            Some(domain) => format!("$JS.{domain}.API.$KV.{bucket}.{key}"),
+            None => format!("$KV.{bucket}.{key}"),
+        }
     }
 
     /// Creates the mesh's streams and buckets, or checks those that exist (as a gateway does).

@@ -10,8 +10,9 @@
 use std::time::Duration;
 
 use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::kv;
+use async_nats::jetstream::{self, kv};
 use async_nats::HeaderMap;
+use mesh_gateway::setup;
 use mesh_schemas::headers::NATS_MSG_ID;
 use mesh_schemas::{AgentId, AuditEvent, AuditKind, Policy, PolicyRecord};
 use serde::Serialize;
@@ -20,6 +21,7 @@ use tokio::time::Instant;
 use crate::error::CliError;
 use crate::fence::{self, Fence};
 use crate::mesh::Mesh;
+use crate::retry;
 
 /// How often a compare-and-set write is retried when another writer got in first.
 const CAS_ATTEMPTS: usize = 8;
@@ -138,12 +140,27 @@ impl Edit<'_> {
     /// Computes the new value from the current one (`None` removes the key), writes it with
     /// compare-and-set, waits for the replicas and records the change in the audit trail.
     /// Removing a key that holds nothing writes nothing.
+    ///
+    /// Every JetStream step is retried until `timeout` has passed since the start, as a kill's
+    /// are ([`retry`]): for some seconds after a node loss a cluster answers nothing about the
+    /// buckets that node led. Only [`retry::transient`] errors are retried; an error of
+    /// `compute` (the operator's input) ends the change at once.
     pub async fn apply(
         &self,
         mesh: &Mesh,
         mut compute: impl FnMut(Option<&Stored>) -> Result<Option<Policy>, CliError>,
     ) -> Result<Change, CliError> {
-        let objects = mesh.ensure().await?;
+        let deadline = Instant::now() + self.timeout;
+        let js = mesh.js_within(retry::ATTEMPT_TIMEOUT);
+        let gateway_config = mesh.cfg.gateway_config();
+        let objects = retry::until_while(
+            deadline,
+            "open the mesh's streams and buckets",
+            retry::transient,
+            || async { Ok(setup::ensure(&js, &gateway_config).await?) },
+        )
+        .await
+        .map_err(|g| self.not_written(g))?;
         let store = &objects.policy;
         let key_id = AgentId::new(self.key)
             .map_err(|e| CliError::Usage(format!("policy key {:?}: {e}", self.key)))?;
@@ -155,41 +172,92 @@ impl Edit<'_> {
             .map_err(|e| CliError::nats(format!("could not subscribe to {applied}"), e))?;
 
         let mut attempt = 0;
+        // A write whose PubAck was lost may have been stored: what the key held before it, its
+        // last revision then, and the record written (`None`: a delete).
+        let mut unsure: Option<(Option<Stored>, u64, Option<PolicyRecord>)> = None;
         let (old, to, revision, started) = loop {
             attempt += 1;
-            let (old, last) = current(store, self.key).await?;
+            let (old, last) =
+                retry::until_while(deadline, "read the policy", retry::transient, || {
+                    current(store, self.key)
+                })
+                .await
+                .map_err(|g| self.not_written(g))?;
+            if let Some((before, last_then, written)) = unsure.take() {
+                if landed(written.as_ref(), old.as_ref(), last, last_then) {
+                    let to = written.map(|r| r.policy);
+                    break (before, to, Some(last), Instant::now());
+                }
+            }
             let to = compute(old.as_ref())?;
             if to.is_none() && old.is_none() {
                 break (old, None, None, Instant::now());
             }
+            let record = to
+                .as_ref()
+                .map(|policy| PolicyRecord::new(policy.clone(), self.by));
             let started = Instant::now();
-            match self.write(mesh, store, to.as_ref(), last).await {
+            let written = retry::until_while(
+                deadline,
+                "write the policy",
+                |c: &Conflict| matches!(c, Conflict::Failed(e) if retry::transient(e)),
+                || self.write(mesh, &js, store, record.as_ref(), last),
+            )
+            .await;
+            let g = match written {
                 Ok(revision) => break (old, to, Some(revision), started),
-                Err(Conflict::Lost) if attempt < CAS_ATTEMPTS => continue,
-                Err(Conflict::Lost) => {
-                    return Err(CliError::nats(
-                        format!("could not write the policy of {}", self.key),
-                        std::io::Error::other(
-                            "it kept changing while mesh-cli wrote it; run the command again",
-                        ),
-                    ))
+                Err(g) => g,
+            };
+            match g.last {
+                Conflict::Lost => {
+                    if g.attempts > 1 {
+                        // An earlier attempt timed out: it may be the write that got in first.
+                        unsure = Some((old, last, record));
+                    }
+                    if attempt >= CAS_ATTEMPTS {
+                        return Err(CliError::nats(
+                            format!("could not write the policy of {}", self.key),
+                            std::io::Error::other(
+                                "it kept changing while mesh-cli wrote it; run the command again",
+                            ),
+                        ));
+                    }
                 }
-                Err(Conflict::Failed(e)) => return Err(e),
+                Conflict::Failed(last) if g.attempts > 1 && retry::transient(&last) => {
+                    // Some attempt timed out and may have been stored after all.
+                    return Err(CliError::nats(
+                        format!(
+                            "the policy of {} may not be written: NATS JetStream did not \
+                             acknowledge the write within {} ({} attempts); check with \
+                             `mesh-cli policy get` once most nodes of the cluster are up (`nats \
+                             server report jetstream`), and run the command again if needed",
+                            self.key,
+                            humantime::format_duration(self.timeout),
+                            g.attempts
+                        ),
+                        last,
+                    ));
+                }
+                Conflict::Failed(last) => {
+                    return Err(self.not_written(retry::GaveUp {
+                        attempts: g.attempts,
+                        last,
+                    }))
+                }
             }
         };
 
         let fence = match revision {
             Some(revision) => {
-                let live = fence::live_replicas(&objects.gateways).await?;
-                fence::wait(
-                    &mut acks,
-                    &key_id,
-                    revision,
-                    live,
-                    started,
-                    started + self.timeout,
+                let live = retry::until_while(
+                    deadline,
+                    "list the live gateway replicas",
+                    retry::transient,
+                    || fence::live_replicas(&objects.gateways),
                 )
                 .await
+                .map_err(|g| g.last)?;
+                fence::wait(&mut acks, &key_id, revision, live, started, deadline).await
             }
             None => Fence {
                 live: Vec::new(),
@@ -215,42 +283,65 @@ impl Edit<'_> {
             replicas: fence,
         };
         if let Some(revision) = revision {
-            self.audit(mesh, &change, revision).await?;
+            retry::until_while(
+                deadline,
+                "record the change in the audit trail",
+                retry::transient,
+                || self.audit(mesh, &js, &change, revision),
+            )
+            .await
+            .map_err(|g| g.last)?;
         }
         Ok(change)
     }
 
-    /// Writes `to` (or a delete marker) if the key's last revision is still `last`.
+    /// The error of a step before the write that did not succeed in time: nothing changed.
+    fn not_written(&self, g: retry::GaveUp<CliError>) -> CliError {
+        if !retry::transient(&g.last) {
+            return g.last;
+        }
+        CliError::nats(
+            format!(
+                "the policy of {} was NOT changed: NATS JetStream did not answer within {} \
+                 ({} attempts); check that most nodes of the cluster are up (`nats server \
+                 report jetstream`), then run the command again",
+                self.key,
+                humantime::format_duration(self.timeout),
+                g.attempts
+            ),
+            g.last,
+        )
+    }
+
+    /// Writes `record` (or, when `None`, a delete marker) if the key's last revision is still
+    /// `last`.
     async fn write(
         &self,
         mesh: &Mesh,
+        js: &jetstream::Context,
         store: &kv::Store,
-        to: Option<&Policy>,
+        record: Option<&PolicyRecord>,
         last: u64,
     ) -> Result<u64, Conflict> {
-        let subject = format!("$KV.{}.{}", store.name, self.key);
+        let subject = mesh.kv_subject(&store.name, self.key);
         let mut headers = HeaderMap::new();
         headers.insert(
             "Nats-Expected-Last-Subject-Sequence",
             last.to_string().as_str(),
         );
-        let payload = match to {
-            Some(policy) => {
-                let record = PolicyRecord::new(policy.clone(), self.by);
-                mesh_schemas::encode(&record)
-                    .map_err(|e| {
-                        Conflict::Failed(CliError::nats("could not encode the policy record", e))
-                    })?
-                    .into()
-            }
+        let payload = match record {
+            Some(record) => mesh_schemas::encode(record)
+                .map_err(|e| {
+                    Conflict::Failed(CliError::nats("could not encode the policy record", e))
+                })?
+                .into(),
             None => {
                 headers.insert("KV-Operation", "DEL");
                 bytes::Bytes::new()
             }
         };
         let what = || format!("could not write {}[{}]", store.name, self.key);
-        let ack = mesh
-            .js
+        let ack = js
             .publish_with_headers(subject, headers, payload)
             .await
             .map_err(|e| Conflict::Failed(CliError::nats(what(), e)))?
@@ -263,7 +354,13 @@ impl Edit<'_> {
     }
 
     /// The `policy` audit event: who, and `{"from": …, "to": …}` as JSON in `detail`.
-    async fn audit(&self, mesh: &Mesh, change: &Change, revision: u64) -> Result<(), CliError> {
+    async fn audit(
+        &self,
+        mesh: &Mesh,
+        js: &jetstream::Context,
+        change: &Change,
+        revision: u64,
+    ) -> Result<(), CliError> {
         let mut event = AuditEvent::new(AuditKind::Policy, self.key, self.by, &self.reason);
         let mut detail = serde_json::json!({ "from": change.from, "to": change.to });
         if let Some(why) = &change.from_unreadable {
@@ -272,7 +369,19 @@ impl Edit<'_> {
         event.detail = Some(detail.to_string());
         event.replicas = Some(u32::try_from(change.replicas.confirmed.len()).unwrap_or(u32::MAX));
         event.fence_ms = Some(fence::ms(change.replicas.elapsed));
-        publish_audit(mesh, &event, &format!("policy-{}-{revision}", self.key)).await
+        publish_audit(mesh, js, &event, &format!("policy-{}-{revision}", self.key)).await
+    }
+}
+
+/// Whether a write whose PubAck was lost is what the key holds now (revision `last`; it was
+/// `last_then` before): the very record written (its time and author make it ours), or, for a
+/// delete, a delete marker written since. Another operator's delete in between looks the
+/// same; the key ends up removed either way.
+fn landed(written: Option<&PolicyRecord>, now: Option<&Stored>, last: u64, last_then: u64) -> bool {
+    match (written, now) {
+        (Some(record), Some(stored)) => stored.record.as_ref().ok() == Some(record),
+        (None, None) => last > last_then,
+        _ => false,
     }
 }
 
@@ -283,9 +392,23 @@ enum Conflict {
     Failed(CliError),
 }
 
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Conflict::Lost => f.write_str("the key changed since it was read"),
+            Conflict::Failed(e) => write!(f, "{e}"),
+        }
+    }
+}
+
 /// Stores `event` in the audit trail on `<prefix>.audit.<kind>.<agent>`, deduplicated by
 /// `msg_id`.
-pub async fn publish_audit(mesh: &Mesh, event: &AuditEvent, msg_id: &str) -> Result<(), CliError> {
+pub async fn publish_audit(
+    mesh: &Mesh,
+    js: &jetstream::Context,
+    event: &AuditEvent,
+    msg_id: &str,
+) -> Result<(), CliError> {
     let kind = event.kind.as_str();
     let bytes = mesh_schemas::encode(event)
         .map_err(|e| CliError::nats("could not encode the audit event", e))?;
@@ -293,11 +416,40 @@ pub async fn publish_audit(mesh: &Mesh, event: &AuditEvent, msg_id: &str) -> Res
     headers.insert(NATS_MSG_ID, msg_id);
     let subject = mesh.subjects.audit(kind, &event.agent);
     let what = || format!("could not record the {kind} in the audit trail ({subject})");
-    mesh.js
-        .publish_with_headers(subject.clone(), headers, bytes.into())
+    js.publish_with_headers(subject.clone(), headers, bytes.into())
         .await
         .map_err(|e| CliError::nats(what(), e))?
         .await
         .map_err(|e| CliError::nats(what(), e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(record: &PolicyRecord, revision: u64) -> Stored {
+        Stored {
+            revision,
+            record: Ok(record.clone()),
+        }
+    }
+
+    #[test]
+    fn a_write_whose_ack_was_lost_is_recognised_by_its_record() {
+        let policy = Policy {
+            max_intents_per_day: Some(10),
+            ..Policy::default()
+        };
+        let ours = PolicyRecord::new(policy.clone(), "alice");
+        let mut theirs = PolicyRecord::new(policy, "bob");
+        theirs.at_unix_ms = ours.at_unix_ms;
+        assert!(landed(Some(&ours), Some(&stored(&ours, 8)), 8, 7));
+        assert!(!landed(Some(&ours), Some(&stored(&theirs, 8)), 8, 7));
+        assert!(!landed(Some(&ours), None, 8, 7));
+        // A delete: the key is removed at a later revision than the one it was written against.
+        assert!(landed(None, None, 8, 7));
+        assert!(!landed(None, None, 7, 7));
+        assert!(!landed(None, Some(&stored(&theirs, 8)), 8, 7));
+    }
 }

@@ -85,9 +85,7 @@ impl Switch {
     pub async fn apply(&self, mesh: &Mesh) -> Result<Outcome, CliError> {
         let deadline = Instant::now() + self.timeout;
         let killed = self.state == KillState::Killed;
-        let js = jetstream::context::ContextBuilder::new()
-            .timeout(retry::ATTEMPT_TIMEOUT)
-            .build(mesh.client.clone());
+        let js = mesh.js_within(retry::ATTEMPT_TIMEOUT);
         let gateway_config = mesh.cfg.gateway_config();
         // Before the flag: once a replica sees the resume it checks the caps again, and must
         // find them reset.

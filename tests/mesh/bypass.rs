@@ -6,8 +6,10 @@ use std::time::Duration;
 use async_nats::{jetstream, ConnectOptions, Event, HeaderMap};
 use mesh_auth::{creds, jwt, permissions, push};
 use mesh_schemas::KillState;
-use mesh_tests::agents::{self, Recorder};
+use mesh_tests::agents::{self, Recorder, Rejections};
 use mesh_tests::gateways::{wait_live, GatewayTask};
+use mesh_tests::mesh::HUB_DOMAIN;
+use mesh_tests::region;
 use mesh_tests::{init_tracing, operator, Mesh, DEADLINE};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -27,15 +29,7 @@ async fn scene() -> Scene {
     let _gw = GatewayTask::start_in(&mesh, "gw1", |_| {}).await;
     let op = mesh.operator().await;
     wait_live(&op, &["gw1"]).await;
-    let to_victim = Recorder::default();
-    let _victim = agents::serve(
-        &mesh.agent("victim").await,
-        "victim",
-        "v1",
-        to_victim.clone(),
-        true,
-    )
-    .await;
+    let (to_victim, _victim) = agents::serve_at(&mesh, &mesh.url(), "victim", "v1").await;
     Scene {
         mesh,
         _gw,
@@ -92,6 +86,28 @@ impl Rogue {
         let want = format!("Permissions Violation for Subscription to \"{subject}\"");
         assert!(err.contains(&want), "subscribe to {subject}: got {err:?}");
     }
+}
+
+/// The kill of `rogue` (reason "went rogue") holds: its own intent is stored and rejected, and
+/// the victim has received nothing.
+async fn own_intent_rejected(
+    rogue: &async_nats::Client,
+    rejected: &Rejections,
+    to_victim: &Recorder,
+) {
+    let rogue_js = jetstream::new(rogue.clone());
+    agents::send(&rogue_js, "rogue", "victim", "deploy.service", "0")
+        .await
+        .expect("its own intents are still stored");
+    rejected.wait_for(1).await;
+    let (status, reason, _) = rejected.all()[0].clone();
+    assert_eq!(status, 403);
+    assert!(reason.contains("went rogue"), "{reason}");
+    assert!(
+        to_victim.is_empty(),
+        "the victim received {:?}",
+        to_victim.all()
+    );
 }
 
 #[tokio::test]
@@ -193,19 +209,94 @@ async fn nats_refuses_every_way_around_the_gateway_and_the_kill_holds() {
         .await
         .expect("kill flag");
     assert_eq!(record.state, KillState::Killed);
-    let rogue_js = jetstream::new(rogue.client.clone());
-    agents::send(&rogue_js, "rogue", "victim", "deploy.service", "0")
-        .await
-        .expect("its own intents are still stored");
-    rejected.wait_for(1).await;
-    let (status, reason, _) = rejected.all()[0].clone();
-    assert_eq!(status, 403);
-    assert!(reason.contains("went rogue"), "{reason}");
+    own_intent_rejected(&rogue.client, &rejected, &to_victim).await;
+}
+
+/// Region B (issue 10): a rogue connected to the leaf node with its own credentials tries the
+/// hub's JetStream domain, the one path to the hub's streams and buckets that crosses a leaf
+/// link, and the other agents' subjects. The leaf enforces the agent's own permissions: every
+/// attempt is a permission violation there, and the kill flag keeps its revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rogue_in_another_region_is_refused_the_hubs_jetstream_domain() {
+    let (mesh, region, _gw, op) = region::two_regions().await;
+    let b = region.url();
+    let (to_victim, _victim) = agents::serve_at(&mesh, &b, "victim", "v-b").await;
+    let (client, events) = mesh.agent_watched_at(&b, "rogue").await;
+    let mut rogue = Rogue { client, events };
+    let rejected = agents::rejections(&rogue.client, "rogue").await;
+    let killed = operator::kill(&op, "rogue", "went rogue").await;
+
+    let d = HUB_DOMAIN;
+    for subject in [
+        // The JetStream API through the hub's domain: account and stream info, consumers on
+        // the intents (both create forms), its own kill flag read, written, purged, deleted.
+        format!("$JS.{d}.API.INFO"),
+        format!("$JS.{d}.API.STREAM.INFO.MESH_INTENTS"),
+        format!("$JS.{d}.API.STREAM.LIST"),
+        format!("$JS.{d}.API.CONSUMER.CREATE.MESH_INTENTS"),
+        format!("$JS.{d}.API.CONSUMER.CREATE.MESH_INTENTS.rogue.mesh.intent.>"),
+        format!("$JS.{d}.API.CONSUMER.DURABLE.CREATE.MESH_INTENTS.rogue"),
+        format!("$JS.{d}.API.CONSUMER.MSG.NEXT.MESH_INTENTS.mesh_deliver"),
+        format!("$JS.{d}.API.STREAM.INFO.KV_mesh-kill"),
+        format!("$JS.{d}.API.STREAM.MSG.GET.KV_mesh-kill"),
+        format!("$JS.{d}.API.DIRECT.GET.KV_mesh-kill"),
+        format!("$JS.{d}.API.DIRECT.GET.KV_mesh-kill.$KV.mesh-kill.rogue"),
+        format!("$JS.{d}.API.$KV.mesh-kill.rogue"),
+        format!("$JS.{d}.API.STREAM.PURGE.KV_mesh-kill"),
+        format!("$JS.{d}.API.STREAM.MSG.DELETE.KV_mesh-kill"),
+        // Any other domain, and no domain at all.
+        "$JS.region-b.API.INFO".to_string(),
+        "$JS.API.STREAM.INFO.MESH_INTENTS".to_string(),
+        // The bucket directly, another agent's inbox and replies, sending as another agent.
+        "$KV.mesh-kill.rogue".to_string(),
+        "$KV.mesh-policy.rogue".to_string(),
+        "mesh.agent.victim.inbox".to_string(),
+        "_INBOX_victim.reply".to_string(),
+        "mesh.intent.victim.victim.deploy.service".to_string(),
+        "mesh.intent.planner.rogue.resume".to_string(),
+    ] {
+        rogue.publish_refused(&subject).await;
+    }
+    // The same through async-nats' JetStream API in the hub's domain, as a rogue would call
+    // it: each request is refused by the leaf and times out unanswered.
+    let js = jetstream::ContextBuilder::new()
+        .domain(d)
+        .timeout(Duration::from_millis(300))
+        .build(rogue.client.clone());
+    assert!(js.get_stream("MESH_INTENTS").await.is_err());
     assert!(
-        to_victim.is_empty(),
-        "the victim received {:?}",
-        to_victim.all()
+        rogue.violation().await.contains(&format!(
+            "Permissions Violation for Publish to \"$JS.{d}.API.STREAM.INFO.MESH_INTENTS\""
+        )),
+        "stream info through the domain"
     );
+    assert!(js.get_key_value("mesh-kill").await.is_err());
+    assert!(
+        rogue.violation().await.contains(&format!(
+            "Permissions Violation for Publish to \"$JS.{d}.API.STREAM.INFO.KV_mesh-kill\""
+        )),
+        "the kill bucket through the domain"
+    );
+
+    // The kill holds: the flag is the one the operator wrote, and the rogue's own intent from
+    // region B is rejected; the victim received nothing.
+    let flag = jetstream::new(op.clone())
+        .get_key_value("mesh-kill")
+        .await
+        .expect("kill bucket")
+        .entry("rogue")
+        .await
+        .expect("read the kill flag")
+        .expect("kill flag");
+    assert_eq!(
+        flag.revision, killed.revision,
+        "the kill flag was rewritten"
+    );
+    let record = operator::kill_record(&op, "rogue")
+        .await
+        .expect("kill flag");
+    assert_eq!(record.state, KillState::Killed);
+    own_intent_rejected(&rogue.client, &rejected, &to_victim).await;
 }
 
 #[tokio::test]

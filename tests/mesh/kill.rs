@@ -6,18 +6,13 @@ use std::sync::Arc;
 
 use mesh_schemas::AuditKind;
 use mesh_tests::agents::{self, Recorder};
-use mesh_tests::gateways::{wait_live, GatewayProcess};
+use mesh_tests::gateways::{two_processes, wait_live, GatewayProcess};
 use mesh_tests::operator;
 use mesh_tests::{eventually, init_tracing, Mesh};
 
 #[tokio::test]
 async fn kill_under_load_stops_four_instances_at_once_and_resume_replays_in_order() {
-    init_tracing();
-    let mesh = Mesh::start();
-    let _g1 = GatewayProcess::start_in(&mesh, "gw1");
-    let _g2 = GatewayProcess::start_in(&mesh, "gw2");
-    let client = mesh.operator().await;
-    wait_live(&client, &["gw1", "gw2"]).await;
+    let (mesh, [_g1, _g2], client) = two_processes().await;
 
     // The deployer runs as four instances; infra receives what the deployer sends.
     let to_deployer = Recorder::default();
@@ -27,15 +22,7 @@ async fn kill_under_load_stops_four_instances_at_once_and_resume_replays_in_orde
         instances
             .push(agents::serve(&c, "deployer", &format!("d{i}"), to_deployer.clone(), true).await);
     }
-    let to_infra = Recorder::default();
-    let _infra = agents::serve(
-        &mesh.agent("infra").await,
-        "infra",
-        "i1",
-        to_infra.clone(),
-        true,
-    )
-    .await;
+    let (to_infra, _infra) = agents::serve_at(&mesh, &mesh.url(), "infra", "i1").await;
     let rejected = agents::rejections(&mesh.agent("deployer").await, "deployer").await;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -162,15 +149,7 @@ async fn outbound_rejection_is_retroactive_with_notice_and_record() {
     operator::kill(&client, "rogue", "runaway deletes").await;
 
     // Now the target comes online: it must get none of them.
-    let rec = Recorder::default();
-    let _t = agents::serve(
-        &mesh.agent("target").await,
-        "target",
-        "t1",
-        rec.clone(),
-        true,
-    )
-    .await;
+    let (rec, _t) = agents::serve_at(&mesh, &mesh.url(), "target", "t1").await;
     rejected.wait_for(25).await;
     let notices = rejected.all();
     assert_eq!(notices.len(), 25);

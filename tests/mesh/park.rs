@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use mesh_tests::agents::{self, Recorder};
-use mesh_tests::gateways::{wait_live, GatewayProcess, GatewayTask};
+use mesh_tests::gateways::{two_processes, wait_live, GatewayTask};
 use mesh_tests::operator;
 use mesh_tests::{eventually, init_tracing, registered, Mesh};
 
@@ -32,23 +32,10 @@ async fn unparked(js: &async_nats::jetstream::Context, id: &str) -> bool {
 
 #[tokio::test]
 async fn kill_and_resume_cycles_under_load_keep_order_and_lose_nothing() {
-    init_tracing();
-    let mesh = Mesh::start();
-    let _g1 = GatewayProcess::start_in(&mesh, "gw1");
-    let _g2 = GatewayProcess::start_in(&mesh, "gw2");
-    let client = mesh.operator().await;
-    wait_live(&client, &["gw1", "gw2"]).await;
+    let (mesh, [_g1, _g2], client) = two_processes().await;
     let js = async_nats::jetstream::new(client.clone());
 
-    let rec = Recorder::default();
-    let _w1 = agents::serve(
-        &mesh.agent("worker").await,
-        "worker",
-        "w1",
-        rec.clone(),
-        true,
-    )
-    .await;
+    let (rec, _w1) = agents::serve_at(&mesh, &mesh.url(), "worker", "w1").await;
     let _w2 = agents::serve(
         &mesh.agent("worker").await,
         "worker",

@@ -4,8 +4,8 @@
 use async_nats::HeaderMap;
 use mesh_schemas::{AuditKind, OnBreach, Policy};
 use mesh_tests::agents::{self, Recorder};
-use mesh_tests::gateways::{one_gateway, wait_live, GatewayProcess};
-use mesh_tests::{eventually, init_tracing, operator, Mesh};
+use mesh_tests::gateways::{one_gateway, two_processes, wait_live, GatewayProcess};
+use mesh_tests::{eventually, operator};
 
 fn caps(cap: u64, on_breach: OnBreach) -> Policy {
     Policy {
@@ -168,12 +168,7 @@ async fn a_cost_ceiling_counts_mesh_cost_and_kills_before_it_is_crossed() {
 
 #[tokio::test]
 async fn a_cap_holds_mesh_wide_with_two_replicas_and_across_a_restart() {
-    init_tracing();
-    let mesh = Mesh::start();
-    let mut g1 = GatewayProcess::start_in(&mesh, "gw1");
-    let _g2 = GatewayProcess::start_in(&mesh, "gw2");
-    let client = mesh.operator().await;
-    wait_live(&client, &["gw1", "gw2"]).await;
+    let (mesh, [mut g1, _g2], client) = two_processes().await;
     let js = async_nats::jetstream::new(mesh.agent("A").await);
     operator::set_policy(&client, "A", caps(60, OnBreach::Block)).await;
     // Eight recipients, pinned to one replica or the other.
@@ -220,12 +215,7 @@ async fn a_cap_holds_mesh_wide_with_two_replicas_and_across_a_restart() {
 
 #[tokio::test]
 async fn a_rate_limit_throttles_without_dropping_and_holds_mesh_wide() {
-    init_tracing();
-    let mesh = Mesh::start();
-    let _g1 = GatewayProcess::start_in(&mesh, "gw1");
-    let _g2 = GatewayProcess::start_in(&mesh, "gw2");
-    let client = mesh.operator().await;
-    wait_live(&client, &["gw1", "gw2"]).await;
+    let (mesh, [_g1, _g2], client) = two_processes().await;
     let js = async_nats::jetstream::new(mesh.agent("A").await);
     let policy = Policy {
         rate: Some("40/s".into()),

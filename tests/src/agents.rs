@@ -157,6 +157,20 @@ pub async fn serve(
     serve_slowly(client, agent, instance, rec, reply, Duration::ZERO).await
 }
 
+/// Agent `id` with credentials of its own, connected to the server at `url` (the hub's or a
+/// region's) and served as `instance` like [`serve`]; returns what it records and its task.
+pub async fn serve_at(
+    mesh: &crate::Mesh,
+    url: &str,
+    id: &str,
+    instance: &str,
+) -> (Recorder, tokio::task::JoinHandle<()>) {
+    let rec = Recorder::default();
+    let client = mesh.agent_at(url, id).await;
+    let task = serve(&client, id, instance, rec.clone(), true).await;
+    (rec, task)
+}
+
 /// [`serve`], with an agent that works `delay` on each delivery before it replies (one at a
 /// time), so that a gateway holds a queue for it.
 pub async fn serve_slowly(

@@ -7,10 +7,16 @@ use crate::gateways::cli_binary;
 
 /// Runs `mesh-cli` against `urls` (a comma-separated list) as an operator would.
 pub fn mesh_cli(urls: &str, args: &[&str]) -> tokio::process::Child {
+    mesh_cli_env(urls, &[], args)
+}
+
+/// [`mesh_cli`] with `MESH_*` variables of `env` set as well.
+pub fn mesh_cli_env(urls: &str, env: &[(&str, &str)], args: &[&str]) -> tokio::process::Child {
     tokio::process::Command::new(cli_binary())
         .env_clear()
         .env("MESH_NATS_URL", urls)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

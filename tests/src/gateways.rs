@@ -35,6 +35,20 @@ pub async fn one_gateway() -> (crate::Mesh, GatewayTask, async_nats::Client) {
     (mesh, gw, client)
 }
 
+/// A fresh secured mesh with replicas `gw1` and `gw2` as `mesh-gateway` processes, both live,
+/// and an operator client.
+pub async fn two_processes() -> (crate::Mesh, [GatewayProcess; 2], async_nats::Client) {
+    crate::init_tracing();
+    let mesh = crate::Mesh::start();
+    let gateways = [
+        GatewayProcess::start_in(&mesh, "gw1"),
+        GatewayProcess::start_in(&mesh, "gw2"),
+    ];
+    let client = mesh.operator().await;
+    wait_live(&client, &["gw1", "gw2"]).await;
+    (mesh, gateways, client)
+}
+
 /// A replica running as a task of the test process.
 pub struct GatewayTask {
     pub id: String,

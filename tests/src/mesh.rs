@@ -128,6 +128,18 @@ impl Mesh {
         Client,
         tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>,
     ) {
+        self.agent_watched_at(&self.url(), id).await
+    }
+
+    /// [`Mesh::agent_watched`], connected to `url` (another region's server).
+    pub async fn agent_watched_at(
+        &self,
+        url: &str,
+        id: &str,
+    ) -> (
+        Client,
+        tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>,
+    ) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let creds = self.agent_creds(id).expect("a secured mesh");
         let client = ConnectOptions::with_credentials(&creds)
@@ -139,7 +151,7 @@ impl Mesh {
                     let _ = tx.send(e);
                 }
             })
-            .connect(self.url())
+            .connect(url)
             .await
             .expect("connect to test nats-server");
         (client, rx)

@@ -54,6 +54,20 @@ pub async fn ready_r3(client: &async_nats::Client) -> jetstream::Context {
     js
 }
 
+/// A three-node cluster with the mesh's streams and buckets at three replicas, created through
+/// its first node; `mesh-cli` and `mesh-gateway` built first (if `cargo test` has not), so that
+/// no build runs during a test's outage. Returns the cluster, its URLs and JetStream on node 1.
+pub async fn r3_cluster() -> (Cluster, Vec<String>, jetstream::Context) {
+    tokio::task::block_in_place(|| {
+        cli_binary();
+        gateway_binary();
+    });
+    let cluster = Cluster::start(3);
+    let urls = cluster.urls();
+    let js = ready_r3(&connect(&urls[0]).await).await;
+    (cluster, urls, js)
+}
+
 /// Sends `<from> → <to>` intents with ids `<from>-<to>-<i>` and payload `i` every `every` until
 /// `stop`, retrying each until JetStream stores it; returns how many were stored.
 pub fn flood(
@@ -351,15 +365,8 @@ pub async fn wait_current(cluster: &Cluster, js: &jetstream::Context) {
 
 /// One run of the scenario, losing what `loss` says.
 pub async fn run(loss: Loss) -> Figures {
-    tokio::task::block_in_place(|| {
-        cli_binary();
-        gateway_binary();
-    });
-    let cluster = Cluster::start(3);
-    let urls = cluster.urls();
+    let (cluster, urls, js) = r3_cluster().await;
     let all = urls.join(",");
-    let setup = connect(&urls[0]).await;
-    let js = ready_r3(&setup).await;
     let lost = match loss {
         Loss::StreamLeader(stream) => leader_of(&js, stream).await,
         Loss::MetaLeader => tokio::task::block_in_place(|| cluster.wait_for_meta_leader()),
@@ -515,7 +522,7 @@ pub async fn run(loss: Loss) -> Figures {
         }
     });
     Figures {
-        server: setup.server_info().version,
+        server: here.server_info().version,
         sent,
         delivered: got.len(),
         inversions,

@@ -10,7 +10,25 @@
 use mesh_testkit::{LeafNode, Remote};
 use tempfile::TempDir;
 
+use crate::gateways::{cli_binary, wait_live, GatewayTask};
 use crate::Mesh;
+
+/// A secured hub ([`Mesh::start_hub`]) with one in-process gateway replica `gw1`, region B
+/// linked to it, and an operator client at the hub. Needs a multi-threaded runtime.
+pub async fn two_regions() -> (Mesh, Region, GatewayTask, async_nats::Client) {
+    crate::init_tracing();
+    let (mesh, region) = tokio::task::block_in_place(|| {
+        // Built here, if `cargo test` has not, rather than inside a test's timed wait.
+        cli_binary();
+        let mesh = Mesh::start_hub();
+        let region = Region::start(&mesh);
+        (mesh, region)
+    });
+    let gw = GatewayTask::start_in(&mesh, "gw1", |_| {}).await;
+    let op = mesh.operator().await;
+    wait_live(&op, &["gw1"]).await;
+    (mesh, region, gw, op)
+}
 
 /// Region B: its server, linked to the hub of `Mesh::start_hub`.
 pub struct Region {

@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::config::CliConfig;
 use crate::error::CliError;
 use crate::mesh::Mesh;
+use crate::retry;
 use crate::{output, Ctx};
 
 /// How long a push of the account update may take.
@@ -251,10 +252,24 @@ pub async fn revoke(
     })
 }
 
+/// Records `event` in the audit trail, retrying within `fence_timeout` as kill and policy
+/// changes do (a cluster electing after a node loss).
 async fn audit(cfg: &CliConfig, event: &AuditEvent, msg_id: &str) -> Result<(), CliError> {
     let mesh = Mesh::open(cfg.clone()).await?;
-    mesh.ensure().await?;
-    crate::policies::publish_audit(&mesh, event, msg_id).await
+    let deadline = tokio::time::Instant::now() + cfg.fence_timeout;
+    let js = mesh.js_within(retry::ATTEMPT_TIMEOUT);
+    let gateway_config = cfg.gateway_config();
+    retry::until_while(
+        deadline,
+        "record it in the audit trail",
+        retry::transient,
+        || async {
+            mesh_gateway::setup::ensure(&js, &gateway_config).await?;
+            crate::policies::publish_audit(&mesh, &js, event, msg_id).await
+        },
+    )
+    .await
+    .map_err(|g| g.last)
 }
 
 fn list(dir: &AuthDir, ctx: &mut Ctx) -> Result<(), CliError> {

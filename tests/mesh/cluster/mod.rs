@@ -21,6 +21,7 @@ mod failover;
 mod leaders;
 mod node_loss;
 mod pin;
+mod policy;
 mod quorum;
 mod rolling;
 

@@ -82,20 +82,69 @@ async fn measure_replicas(
     report: &mut Report,
     replicas: usize,
 ) -> anyhow::Result<()> {
-    progress(format!(
-        "kill fence: {replicas} replica(s), {} kills under load",
-        params.kills
-    ));
     let stage = Stage::start(params, env, params.agents).await?;
     let objects = stage.mesh_objects().await?;
-    let ids: Vec<String> = (0..replicas)
-        .map(|i| format!("gw-f{replicas}-{i}"))
-        .collect();
-    let gws = stage.gateways(env, &objects, &ids).await?;
     let rate = report
         .get("latency_rate_per_s")
         .unwrap_or(5_000.0)
         .max(100.0);
+    let suffix = if replicas == 1 {
+        "_1_replica".to_string()
+    } else {
+        format!("_{replicas}_replicas")
+    };
+    let what = format!("kill fence ({replicas} replicas)");
+    let ids: Vec<String> = (0..replicas)
+        .map(|i| format!("gw-f{replicas}-{i}"))
+        .collect();
+    let keys = |name: &str| format!("{name}{suffix}");
+    let fence = Fence {
+        stage: &stage,
+        objects: &objects,
+        ids: &ids,
+        rate,
+        what: &what,
+        keys: &keys,
+    };
+    under_load(params, env, report, fence).await
+}
+
+/// A fence measurement: where, with which replicas, at which load, under which keys.
+pub struct Fence<'a> {
+    pub stage: &'a Stage,
+    pub objects: &'a mesh_gateway::MeshObjects,
+    /// The gateway replicas to start (replica `i` on node `i % nodes`).
+    pub ids: &'a [String],
+    /// Intents per second while the kills run.
+    pub rate: f64,
+    /// Names the measurement in notes and progress lines.
+    pub what: &'a str,
+    /// The key of a figure: `keys("kill_fence_p50_ms")`.
+    pub keys: &'a dyn Fn(&str) -> String,
+}
+
+/// Starts the gateway replicas of `fence` and measures `params.kills` kills while intents flow
+/// at its rate.
+pub async fn under_load(
+    params: &Params,
+    env: &Env,
+    report: &mut Report,
+    fence: Fence<'_>,
+) -> anyhow::Result<()> {
+    let Fence {
+        stage,
+        objects,
+        ids,
+        rate,
+        what,
+        keys,
+    } = fence;
+    let replicas = ids.len();
+    progress(format!(
+        "{what}: {replicas} replica(s), {} kills under load",
+        params.kills
+    ));
+    let gws = stage.gateways(env, objects, ids).await?;
     let mut publisher = stage.publisher(params, Route::Mesh, 21).await?;
 
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -107,8 +156,8 @@ async fn measure_replicas(
     } else {
         params.warmup
     };
-    let (url, agents, kills) = (stage.url.clone(), params.agents, params.kills);
-    let live = ids.clone();
+    let (cfg, agents, kills) = (stage.cli_config(), params.agents, params.kills);
+    let live = ids.to_vec();
     std::thread::Builder::new()
         .name("operator".into())
         .spawn(move || {
@@ -116,7 +165,7 @@ async fn measure_replicas(
                 .enable_all()
                 .build()
                 .context("operator runtime")
-                .and_then(|rt| rt.block_on(operate(url, agents, kills, settle, live)));
+                .and_then(|rt| rt.block_on(operate(cfg, agents, kills, settle, live)));
             let _ = tx.send(result);
         })
         .context("cannot start the operator thread")?;
@@ -146,67 +195,47 @@ async fn measure_replicas(
     let mut s = samples?;
     if !drained {
         report.note(format!(
-            "kill fence ({replicas} replicas): {} intents not received after the last resume",
+            "{what}: {} intents not received after the last resume",
             target.saturating_sub(stage.agents.received())
         ));
     }
-    let suffix = if replicas == 1 {
-        "1_replica".to_string()
-    } else {
-        format!("{replicas}_replicas")
-    };
     let pct = |v: &mut Vec<u32>, p| percentile(v, p).map(measure::ms);
+    report.set(keys("kill_fence_p50_ms"), pct(&mut s.switch_fence, 50.0));
+    report.set(keys("kill_fence_p99_ms"), pct(&mut s.switch_fence, 99.0));
     report.set(
-        format!("kill_fence_p50_ms_{suffix}"),
-        pct(&mut s.switch_fence, 50.0),
-    );
-    report.set(
-        format!("kill_fence_p99_ms_{suffix}"),
-        pct(&mut s.switch_fence, 99.0),
-    );
-    report.set(
-        format!("kill_fence_protocol_p50_ms_{suffix}"),
+        keys("kill_fence_protocol_p50_ms"),
         pct(&mut s.protocol, 50.0),
     );
     report.set(
-        format!("kill_fence_protocol_p99_ms_{suffix}"),
+        keys("kill_fence_protocol_p99_ms"),
         pct(&mut s.protocol, 99.0),
     );
     report.set(
-        format!("kill_fence_replica_wait_p50_ms_{suffix}"),
+        keys("kill_fence_replica_wait_p50_ms"),
         pct(&mut s.replica_wait, 50.0),
     );
     report.set(
-        format!("kill_fence_replica_wait_p99_ms_{suffix}"),
+        keys("kill_fence_replica_wait_p99_ms"),
         pct(&mut s.replica_wait, 99.0),
     );
+    report.set(keys("kill_command_p99_ms"), pct(&mut s.switch_total, 99.0));
+    report.set(keys("resume_fence_p99_ms"), pct(&mut s.resume_fence, 99.0));
+    report.set(keys("kill_load_per_s"), Some(sent.rate()));
     report.set(
-        format!("kill_command_p99_ms_{suffix}"),
-        pct(&mut s.switch_total, 99.0),
-    );
-    report.set(
-        format!("resume_fence_p99_ms_{suffix}"),
-        pct(&mut s.resume_fence, 99.0),
-    );
-    report.set(format!("kill_load_per_s_{suffix}"), Some(sent.rate()));
-    report.set(
-        format!("kill_fence_first_ms_{suffix}"),
+        keys("kill_fence_first_ms"),
         s.first.map(|d| d.as_secs_f64() * 1000.0),
     );
     if s.first.is_none() {
         report.note(format!(
-            "kill fence ({replicas} replicas): the first kill, 1 s into the load, was not confirmed within {FIRST_TIMEOUT:?}"
+            "{what}: the first kill, 1 s into the load, was not confirmed within {FIRST_TIMEOUT:?}"
         ));
     }
-    report.set(
-        format!("kills_unconfirmed_{suffix}"),
-        Some(s.unconfirmed as f64),
-    );
+    report.set(keys("kills_unconfirmed"), Some(s.unconfirmed as f64));
     progress(format!(
-        "kill fence {replicas}: p50 {:?} ms, p99 {:?} ms (protocol p99 {:?} ms) at {:.0} intents/s",
-        report.get(&format!("kill_fence_p50_ms_{suffix}")),
-        report.get(&format!("kill_fence_p99_ms_{suffix}")),
-        report.get(&format!("kill_fence_protocol_p99_ms_{suffix}")),
+        "{what}: p50 {:?} ms, p99 {:?} ms (protocol p99 {:?} ms) at {:.0} intents/s",
+        report.get(&keys("kill_fence_p50_ms")),
+        report.get(&keys("kill_fence_p99_ms")),
+        report.get(&keys("kill_fence_protocol_p99_ms")),
         sent.rate()
     ));
     Ok(())
@@ -214,17 +243,13 @@ async fn measure_replicas(
 
 /// The operator: `kills` rounds of Switch kill, resume, bare-protocol kill, resume.
 async fn operate(
-    url: String,
+    cfg: mesh_cli::CliConfig,
     agents: usize,
     kills: usize,
     settle: Duration,
     live: Vec<String>,
 ) -> anyhow::Result<Samples> {
     let started = Instant::now();
-    let cfg = mesh_cli::CliConfig {
-        nats_url: url,
-        ..mesh_cli::CliConfig::default()
-    };
     let mesh = mesh_cli::mesh::Mesh::open(cfg)
         .await
         .map_err(|e| anyhow::anyhow!("{e:#}"))?;

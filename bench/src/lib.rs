@@ -18,7 +18,8 @@
 //! - [`relay`]: the baseline: JetStream pull consumer → request to the agent → ack, nothing else.
 //! - [`measure`]: one measured run against whatever delivers (relay or gateway), percentiles.
 //! - [`phases`]: one module per figure: throughput and latency, kill fence, replay, scale, policy,
-//!   secured against open (and the cost of minting credentials).
+//!   secured against open (and the cost of minting credentials), and throughput and fence on a
+//!   three-node cluster.
 //! - [`report`]: the figures, the targets of issue 4, the table and the JSON file.
 //! - [`machine`]: what the run ran on.
 #![forbid(unsafe_code)]
@@ -71,6 +72,7 @@ pub const PHASES: &[&str] = &[
     "policy",
     "scale",
     "secured",
+    "cluster",
 ];
 
 /// Runs every phase in order. A phase that fails is recorded in the report (its figures stay
@@ -95,6 +97,9 @@ pub async fn run(params: Params, env: Env, command: String) -> Report {
     }
     if env.runs("secured") {
         phases::secured::run(&params, &env, &mut report).await;
+    }
+    if env.runs("cluster") {
+        phases::cluster::run(&params, &env, &mut report).await;
     }
     report.finish(started.elapsed());
     report

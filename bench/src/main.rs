@@ -29,7 +29,7 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     log_dir: Option<PathBuf>,
     /// Run only these phases (comma separated): throughput, fence, replay, policy, scale,
-    /// secured.
+    /// secured, cluster.
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(mesh_bench::PHASES))]
     only: Option<Vec<String>>,
     /// Also measure the relay shaped like the gateway (always on in a full run).

@@ -24,16 +24,25 @@ pub struct Window {
     pub undelivered: u64,
     /// CPU seconds each watched process used during the window.
     pub cpu: Vec<(String, f64)>,
-    /// Messages nats-server received and sent during the window (from `/varz`).
+    /// Messages nats-server received and sent during the window (from `/varz`; summed over
+    /// the nodes of a cluster).
     pub nats_msgs: Option<u64>,
     /// Length of the window, seconds.
     pub seconds: f64,
 }
 
 impl Window {
-    /// CPU microseconds per delivered intent of the watched process `name`.
+    /// CPU seconds of the watched processes called `name` (the nodes of a cluster are all
+    /// `nats`), summed.
+    fn cpu_secs(&self, name: &str) -> Option<f64> {
+        let mut named = self.cpu.iter().filter(|(n, _)| n == name).peekable();
+        named.peek()?;
+        Some(named.map(|(_, secs)| secs).sum())
+    }
+
+    /// CPU microseconds per delivered intent of the watched process(es) `name`.
     pub fn cpu_us_per_intent(&self, name: &str) -> Option<f64> {
-        let (_, secs) = self.cpu.iter().find(|(n, _)| n == name)?;
+        let secs = self.cpu_secs(name)?;
         (self.delivered > 0).then(|| secs * 1e6 / self.delivered as f64)
     }
 
@@ -45,7 +54,7 @@ impl Window {
 
     /// Share of one core that process `name` used during the window (1.0 = a whole core).
     pub fn cpu_cores(&self, name: &str) -> Option<f64> {
-        let (_, secs) = self.cpu.iter().find(|(n, _)| n == name)?;
+        let secs = self.cpu_secs(name)?;
         (self.seconds > 0.0).then(|| secs / self.seconds)
     }
 }
@@ -62,10 +71,12 @@ pub struct Spec<'a> {
     pub timing: bool,
     /// How long to wait after publishing for everything stored to be received.
     pub drain: Duration,
-    /// Processes whose CPU time to account for during the window: (name, pid).
+    /// Processes whose CPU time to account for during the window: (name, pid). Processes of
+    /// the same name (the nodes of a cluster) are summed.
     pub watch: Vec<(String, u32)>,
-    /// nats-server's monitoring address (`127.0.0.1:<port>`), to count messages via `/varz`.
-    pub monitor: Option<String>,
+    /// nats-server's monitoring addresses (`127.0.0.1:<port>`, one per node), to count messages
+    /// via `/varz`.
+    pub monitor: Vec<String>,
     /// With `--perf`: record the watched processes during the window into
     /// `<dir>/<label>-<name>.perf.data`.
     pub perf: Option<(PathBuf, String)>,
@@ -87,27 +98,29 @@ pub async fn window(publisher: &mut Publisher, agents: &Agents, spec: Spec<'_>) 
                 agents.take_trips();
                 agents.timing(true);
             }
-            let m0 = match &spec.monitor {
-                Some(addr) => varz_msgs(addr).await,
-                None => None,
-            };
+            let m0 = varz_msgs_all(&spec.monitor).await;
             let (r0, t0, c0) = (agents.received(), Instant::now(), cpu_now(&spec.watch));
             let perf: Vec<tokio::process::Child> = match &spec.perf {
                 Some((dir, label)) => spec
                     .watch
                     .iter()
-                    .filter_map(|(name, pid)| {
-                        perf_record(dir, &format!("{label}-{name}"), *pid, spec.measure)
+                    .enumerate()
+                    .filter_map(|(i, (name, pid))| {
+                        // The nodes of a cluster share a name: number all but the first.
+                        let n = spec.watch[..i].iter().filter(|(o, _)| o == name).count();
+                        let file = if n == 0 {
+                            format!("{label}-{name}")
+                        } else {
+                            format!("{label}-{name}{n}")
+                        };
+                        perf_record(dir, &file, *pid, spec.measure)
                     })
                     .collect(),
                 None => Vec::new(),
             };
             tokio::time::sleep(spec.measure).await;
             let (r1, t1, c1) = (agents.received(), Instant::now(), cpu_now(&spec.watch));
-            let m1 = match &spec.monitor {
-                Some(addr) => varz_msgs(addr).await,
-                None => None,
-            };
+            let m1 = varz_msgs_all(&spec.monitor).await;
             let msgs = m0.zip(m1).map(|(a, b)| b.saturating_sub(a));
             agents.timing(false);
             let cpu: Vec<(String, f64)> = spec
@@ -154,6 +167,18 @@ pub async fn window(publisher: &mut Publisher, agents: &Agents, spec: Spec<'_>) 
         nats_msgs,
         seconds,
     }
+}
+
+/// [`varz_msgs`] summed over `addrs`; `None` when there are none or one is unreadable.
+async fn varz_msgs_all(addrs: &[String]) -> Option<u64> {
+    if addrs.is_empty() {
+        return None;
+    }
+    let mut total = 0;
+    for addr in addrs {
+        total += varz_msgs(addr).await?;
+    }
+    Some(total)
 }
 
 /// `in_msgs + out_msgs` from nats-server's `/varz` at `addr`; `None` when unreadable.

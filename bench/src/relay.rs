@@ -46,6 +46,17 @@ pub fn stream_config() -> jetstream::stream::Config {
     }
 }
 
+/// The baseline relay's one durable consumer (it inherits the stream's replicas).
+pub fn consumer_config() -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(traffic::DIRECT_CONSUMER.to_string()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(30),
+        max_ack_pending: 20_000,
+        ..Default::default()
+    }
+}
+
 /// How the relay uses JetStream.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Shape {
@@ -61,16 +72,7 @@ type Pulled = futures::stream::BoxStream<'static, Result<jetstream::Message, Str
 async fn pull(stream: &jetstream::stream::Stream, shape: Shape) -> anyhow::Result<Pulled> {
     let Some(agents) = shape.per_recipient else {
         let consumer = stream
-            .get_or_create_consumer(
-                traffic::DIRECT_CONSUMER,
-                consumer::pull::Config {
-                    durable_name: Some(traffic::DIRECT_CONSUMER.to_string()),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(30),
-                    max_ack_pending: 20_000,
-                    ..Default::default()
-                },
-            )
+            .get_or_create_consumer(traffic::DIRECT_CONSUMER, consumer_config())
             .await
             .context("relay cannot get its consumer")?;
         let messages = consumer

@@ -1,5 +1,5 @@
-//! The results: every figure under a stable key, the targets of issue 4 and of the identity
-//! issue as met or missed, a table for people and a JSON file for scripts.
+//! The results: every figure under a stable key, the targets of issue 4, of the identity issue
+//! and of issue 10 (the cluster) as met or missed, a table for people and a JSON file for scripts.
 //!
 //! Keys never change meaning. A figure that a run could not measure is `null`, with a note or an
 //! error saying why. Scale keys name the agent count they were measured with (`rss_mb_10k_agents`
@@ -188,6 +188,18 @@ impl Report {
                 "secured_throughput_ratio".into(),
                 ">=",
                 0.95,
+            ),
+            t(
+                "3-node cluster, R3: gateway throughput ≥ 0.8 × direct baseline",
+                "cluster_throughput_ratio".into(),
+                ">=",
+                0.8,
+            ),
+            t(
+                "3-node cluster, R3: kill fence p99 ≤ 20 ms, 3 replicas, under load",
+                "cluster_kill_fence_p99_ms".into(),
+                "<=",
+                20.0,
             ),
         ];
         for target in &mut targets {

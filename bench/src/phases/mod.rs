@@ -10,7 +10,10 @@
 //! - [`scale`]: throughput, RSS and start time with 10, 1,000 and 10,000 agents.
 //! - [`secured`]: throughput and added latency of the mesh on a secured server against an open
 //!   one, in the same shape; [`mint`]: the cost of issuing agents' credentials.
+//! - [`cluster`]: throughput against the baseline and the kill fence on a three-node JetStream
+//!   cluster with R3 streams and buckets.
 
+pub mod cluster;
 pub mod fence;
 pub mod mint;
 pub mod policy;
@@ -25,7 +28,7 @@ use anyhow::Context;
 use async_nats::jetstream;
 use futures::StreamExt;
 use mesh_gateway::{GatewayConfig, MeshObjects};
-use mesh_testkit::NatsServer;
+use mesh_testkit::{Cluster, NatsServer};
 
 use crate::access::Access;
 use crate::agents::Agents;
@@ -40,16 +43,48 @@ pub const STOP_GRACE: Duration = Duration::from_secs(20);
 /// How long a gateway replica may take to announce itself.
 pub const START_WITHIN: Duration = Duration::from_secs(30);
 
-/// A nats-server of the phase's own, its agents, and an operator connection.
+/// The phase's own nats-server, or cluster of them.
+pub enum Servers {
+    One(Box<NatsServer>),
+    Cluster(Cluster),
+}
+
+impl Servers {
+    /// Every node, the first one first.
+    pub fn nodes(&self) -> &[NatsServer] {
+        match self {
+            Servers::One(server) => std::slice::from_ref(server),
+            Servers::Cluster(cluster) => cluster.nodes(),
+        }
+    }
+}
+
+impl From<NatsServer> for Servers {
+    fn from(server: NatsServer) -> Servers {
+        Servers::One(Box::new(server))
+    }
+}
+
+impl From<Cluster> for Servers {
+    fn from(cluster: Cluster) -> Servers {
+        Servers::Cluster(cluster)
+    }
+}
+
+/// A nats-server (or cluster) of the phase's own, its agents, and an operator connection.
 pub struct Stage {
+    /// Where the harness's clients (agents, senders, operator) connect: the first node.
     pub url: String,
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub agents: Agents,
     /// With `--perf`: where windows record their profiles, and a counter to name them.
     perf: Option<(std::path::PathBuf, std::sync::atomic::AtomicUsize)>,
+    /// Replicas of the mesh's streams and buckets and of the baseline stream: 1 on a single
+    /// server, 3 on a cluster, as a gateway would be configured.
+    pub replicas: usize,
     /// Declared after everything that talks to it: the server goes after them.
-    pub server: NatsServer,
+    pub server: Servers,
     /// How clients connect: open, or each with its own credentials. Declared after the server:
     /// the resolver's store in its directory goes after the server.
     pub access: Access,
@@ -62,7 +97,29 @@ impl Stage {
         let (server, client) = serve(&access).await?;
         let url = server.url();
         let agents = Agents::start(&url, agents, params.agent_connections).await?;
-        Ok(Self::assemble(env, server, client, agents, access))
+        Ok(Self::assemble(env, server.into(), client, agents, access))
+    }
+
+    /// Starts an open JetStream cluster of `nodes` nodes and `agents` agents on its first node,
+    /// sharing `params.agent_connections`. Streams and buckets get `nodes.min(3)` replicas.
+    pub async fn start_cluster(
+        params: &Params,
+        env: &Env,
+        nodes: usize,
+        agents: usize,
+    ) -> anyhow::Result<Stage> {
+        let cluster = tokio::task::spawn_blocking(move || Cluster::try_start(nodes))
+            .await
+            .context("cluster start task")?
+            .with_context(|| format!("cannot start a {nodes}-node nats-server cluster"))?;
+        let url = cluster.node(0).url();
+        let client = async_nats::connect(&url)
+            .await
+            .with_context(|| format!("cannot connect to {url}"))?;
+        let agents = Agents::start(&url, agents, params.agent_connections).await?;
+        let mut stage = Self::assemble(env, cluster.into(), client, agents, Access::open());
+        stage.replicas = nodes.min(3);
+        Ok(stage)
     }
 
     /// Starts a server configured for `access` (open or secured) and `agents` agents, each on
@@ -71,18 +128,18 @@ impl Stage {
     pub async fn start_each(env: &Env, agents: usize, access: Access) -> anyhow::Result<Stage> {
         let (server, client) = serve(&access).await?;
         let agents = Agents::start_each(&server.url(), agents, &access).await?;
-        Ok(Self::assemble(env, server, client, agents, access))
+        Ok(Self::assemble(env, server.into(), client, agents, access))
     }
 
     fn assemble(
         env: &Env,
-        server: NatsServer,
+        server: Servers,
         client: async_nats::Client,
         agents: Agents,
         access: Access,
     ) -> Stage {
         Stage {
-            url: server.url(),
+            url: server.nodes()[0].url(),
             js: jetstream::new(client.clone()),
             client,
             agents,
@@ -90,6 +147,7 @@ impl Stage {
                 .perf_dir
                 .clone()
                 .map(|d| (d, std::sync::atomic::AtomicUsize::new(0))),
+            replicas: 1,
             server,
             access,
         }
@@ -101,9 +159,21 @@ impl Stage {
         Publisher::connect_each(&self.url, &self.access, params, self.agents.len(), seed).await
     }
 
-    /// `MESH_NATS_*` variables of this stage's gateway replicas.
+    /// `MESH_*` variables of this stage's gateway replicas: `MESH_NATS_*` for its access, and
+    /// `MESH_REPLICAS` on a cluster, as a clustered gateway is configured.
     pub fn gateway_env(&self) -> Vec<(String, std::ffi::OsString)> {
-        self.access.gateway_env(&self.url)
+        let mut vars = self.access.gateway_env(&self.url);
+        if self.replicas > 1 {
+            vars.push(("MESH_REPLICAS".into(), self.replicas.to_string().into()));
+        }
+        vars
+    }
+
+    /// The URL of node `i % nodes`: where deliverer `i` connects, so that a cluster's replicas
+    /// spread over its nodes (the first deliverer shares the harness's node).
+    pub fn node_url(&self, i: usize) -> String {
+        let nodes = self.server.nodes();
+        nodes[i % nodes.len()].url()
     }
 
     /// A publisher on `route` for this stage's agents.
@@ -116,10 +186,13 @@ impl Stage {
         Publisher::connect(&self.url, route, params, self.agents.len(), seed).await
     }
 
-    /// Creates the baseline's stream.
+    /// Creates the baseline's stream, with the stage's replicas (its consumer inherits them).
     pub async fn direct_stream(&self) -> anyhow::Result<()> {
         self.js
-            .get_or_create_stream(relay::stream_config())
+            .get_or_create_stream(async_nats::jetstream::stream::Config {
+                num_replicas: self.replicas,
+                ..relay::stream_config()
+            })
             .await
             .context("cannot create the baseline stream")?;
         Ok(())
@@ -137,13 +210,14 @@ impl Stage {
             .purge()
             .await
             .context("cannot purge the baseline stream")?;
-        ChildProc::relay_shaped(env, &self.url, shape).await
+        ChildProc::relay_shaped(env, &self.node_url(0), shape).await
     }
 
     /// Creates the mesh's streams and buckets the way a gateway does, with default names.
     pub async fn mesh_objects(&self) -> anyhow::Result<MeshObjects> {
         let cfg = GatewayConfig {
             nats_url: self.url.clone(),
+            replicas: self.replicas,
             ..GatewayConfig::default()
         };
         mesh_gateway::setup::ensure(&self.js, &cfg)
@@ -151,24 +225,31 @@ impl Stage {
             .context("cannot create the mesh's streams and buckets")
     }
 
+    /// mesh-cli's configuration for this stage (its URL, its replicas).
+    pub fn cli_config(&self) -> mesh_cli::CliConfig {
+        mesh_cli::CliConfig {
+            nats_url: self.url.clone(),
+            replicas: self.replicas,
+            ..mesh_cli::CliConfig::default()
+        }
+    }
+
     /// A mesh-cli session on this server, for kills and resumes.
     pub async fn operator(&self) -> anyhow::Result<mesh_cli::mesh::Mesh> {
-        let cfg = mesh_cli::CliConfig {
-            nats_url: self.url.clone(),
-            ..mesh_cli::CliConfig::default()
-        };
-        mesh_cli::mesh::Mesh::open(cfg)
+        mesh_cli::mesh::Mesh::open(self.cli_config())
             .await
             .map_err(|e| anyhow::anyhow!("{e:#}"))
             .context("cannot open a mesh-cli session")
     }
 
-    /// The processes whose CPU time a window accounts for: nats-server, this process, and the
-    /// deliverer (`gateway` or `relay`) when given.
+    /// The processes whose CPU time a window accounts for: nats-server (every node, all named
+    /// `nats`), this process, and the deliverer (`gateway` or `relay`) when given.
     pub fn watch(&self, deliverer: Option<(&str, &ChildProc)>) -> Vec<(String, u32)> {
         let mut w = vec![("bench".to_string(), std::process::id())];
-        if let Some(pid) = self.server.pid() {
-            w.push(("nats".to_string(), pid));
+        for node in self.server.nodes() {
+            if let Some(pid) = node.pid() {
+                w.push(("nats".to_string(), pid));
+            }
         }
         if let Some((name, child)) = deliverer {
             if let Some(pid) = child.pid() {
@@ -201,9 +282,10 @@ impl Stage {
             watch: self.watch(deliverer),
             monitor: self
                 .server
-                .monitor_url()
-                .strip_prefix("http://")
-                .map(str::to_string),
+                .nodes()
+                .iter()
+                .filter_map(|n| n.monitor_url().strip_prefix("http://").map(str::to_string))
+                .collect(),
             perf,
         }
     }
@@ -216,12 +298,13 @@ impl Stage {
         }
     }
 
-    /// nats-server's own memory.
+    /// nats-server's own memory (the first node's).
     pub fn server_memory(&self) -> Option<child::Memory> {
-        child::memory(self.server.pid()?)
+        child::memory(self.server.nodes()[0].pid()?)
     }
 
-    /// Starts gateway replicas `ids` and waits until all of them are live.
+    /// Starts gateway replicas `ids` (replica `i` on node `i % nodes`) and waits until all of
+    /// them are live.
     pub async fn gateways(
         &self,
         env: &Env,
@@ -229,8 +312,13 @@ impl Stage {
         ids: &[String],
     ) -> anyhow::Result<Vec<ChildProc>> {
         let mut gws = Vec::new();
-        for id in ids {
-            gws.push(ChildProc::gateway(env, &self.url, id, &self.gateway_env())?);
+        for (i, id) in ids.iter().enumerate() {
+            gws.push(ChildProc::gateway(
+                env,
+                &self.node_url(i),
+                id,
+                &self.gateway_env(),
+            )?);
         }
         child::wait_live(&objects.gateways, ids, &mut gws, START_WITHIN).await?;
         Ok(gws)

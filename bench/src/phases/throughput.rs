@@ -8,7 +8,7 @@
 //! Every window also accounts for the CPU time of nats-server, the deliverer and the benchmark
 //! process (`cpu_us_per_intent_*`, `cpu_cores_*`): on two cores, that says who the bottleneck is.
 
-use crate::load::Pace;
+use crate::load::{Pace, Publisher};
 use crate::measure::{self, median, percentile};
 use crate::phases::{check, record_cpu, stop_one, Stage};
 use crate::relay::Shape;
@@ -32,60 +32,21 @@ async fn measure_all(params: &Params, env: &Env, report: &mut Report) -> anyhow:
     let objects = stage.mesh_objects().await?;
     let mut direct = stage.publisher(params, Route::Direct, 11).await?;
     let mut mesh = stage.publisher(params, Route::Mesh, 12).await?;
-    let closed = stage.closed(params);
-
-    let (mut base_rates, mut mesh_rates) = (Vec::new(), Vec::new());
-    let mut rss = None;
-    for round in 0..params.rounds {
-        let relay = stage.relay(env, Shape::default()).await?;
-        let spec = stage.spec(params, closed, params.measure, Some(("relay", &relay)));
-        let w = measure::window(&mut direct, &stage.agents, spec).await;
-        stop_one(report, relay).await?;
-        check(report, "baseline throughput", &w);
-        record_cpu(report, "_baseline", &w);
-        progress(format!(
-            "throughput round {round}: baseline {:.0}/s",
-            w.delivered_per_s
-        ));
-        base_rates.push(w.delivered_per_s);
-
-        let gws = stage
-            .gateways(env, &objects, &[format!("gw-t{round}")])
-            .await?;
-        let spec = stage.spec(params, closed, params.measure, Some(("gateway", &gws[0])));
-        let w = measure::window(&mut mesh, &stage.agents, spec).await;
-        rss = gws[0].memory().or(rss);
-        stage.stop_gateways(report, &objects, gws).await?;
-        check(report, "gateway throughput", &w);
-        record_cpu(report, "", &w);
-        progress(format!(
-            "throughput round {round}: gateway {:.0}/s",
-            w.delivered_per_s
-        ));
-        mesh_rates.push(w.delivered_per_s);
-    }
-    let base = median(base_rates);
-    let gw = median(mesh_rates);
+    let rounds = alternate(
+        params,
+        env,
+        &stage,
+        &objects,
+        (&mut direct, &mut mesh),
+        report,
+        "",
+    )
+    .await?;
+    let gw = rounds.gateway;
     report.set("throughput_intents_per_s", gw);
-    report.set("baseline_throughput_per_s", base);
-    report.set("throughput_ratio", gw.zip(base).map(|(g, b)| g / b));
-    report.set("gateway_rss_mb_throughput", rss.map(|m| m.rss_mb));
-    // CPU per intent summed over nats-server, deliverer and senders/agents: less sensitive to
-    // other tenants of a shared machine than rates are.
-    let total = |r: &Report, suffix: &str, deliverer: &str| -> Option<f64> {
-        Some(
-            r.get(&format!("cpu_us_per_intent_nats{suffix}"))?
-                + r.get(&format!("cpu_us_per_intent_{deliverer}{suffix}"))?
-                + r.get(&format!("cpu_us_per_intent_bench{suffix}"))?,
-        )
-    };
-    let (g, b) = (
-        total(report, "", "gateway"),
-        total(report, "_baseline", "relay"),
-    );
-    report.set("cpu_us_per_intent_total", g);
-    report.set("cpu_us_per_intent_total_baseline", b);
-    report.set("cpu_cost_ratio", g.zip(b).map(|(g, b)| b / g));
+    report.set("baseline_throughput_per_s", rounds.baseline);
+    report.set("throughput_ratio", rounds.ratio());
+    report.set("gateway_rss_mb_throughput", rounds.rss.map(|m| m.rss_mb));
     if params.decompose {
         decompose(params, env, &stage, report, "", params.measure).await?;
     }
@@ -149,6 +110,97 @@ async fn measure_all(params: &Params, env: &Env, report: &mut Report) -> anyhow:
         report.get("baseline_latency_p99_ms")
     ));
     Ok(())
+}
+
+/// What alternated closed-loop windows measured: the median rate of each side.
+pub struct Rounds {
+    pub baseline: Option<f64>,
+    pub gateway: Option<f64>,
+    /// The gateway's memory at the end of its last window.
+    pub rss: Option<crate::child::Memory>,
+}
+
+impl Rounds {
+    /// Gateway ÷ baseline.
+    pub fn ratio(&self) -> Option<f64> {
+        self.gateway.zip(self.baseline).map(|(g, b)| g / b)
+    }
+}
+
+/// Closed-loop windows through the baseline relay, then through one fresh gateway replica,
+/// `params.rounds` times; records the CPU cost of each side (`cpu_us_per_intent_*{suffix}`,
+/// `…{suffix}_baseline`, their totals and `cpu_cost_ratio{suffix}`) and returns the medians.
+/// `publishers` are the direct route's and the mesh route's.
+pub async fn alternate(
+    params: &Params,
+    env: &Env,
+    stage: &Stage,
+    objects: &mesh_gateway::MeshObjects,
+    publishers: (&mut Publisher, &mut Publisher),
+    report: &mut Report,
+    suffix: &str,
+) -> anyhow::Result<Rounds> {
+    let (direct, mesh) = publishers;
+    let closed = stage.closed(params);
+    let what = format!("throughput{}", suffix.replace('_', " "));
+    let (mut base_rates, mut mesh_rates) = (Vec::new(), Vec::new());
+    let mut rss = None;
+    for round in 0..params.rounds {
+        let relay = stage.relay(env, Shape::default()).await?;
+        let spec = stage.spec(params, closed, params.measure, Some(("relay", &relay)));
+        let w = measure::window(direct, &stage.agents, spec).await;
+        stop_one(report, relay).await?;
+        check(report, &format!("baseline {what}"), &w);
+        record_cpu(report, &format!("{suffix}_baseline"), &w);
+        progress(format!(
+            "{what} round {round}: baseline {:.0}/s",
+            w.delivered_per_s
+        ));
+        base_rates.push(w.delivered_per_s);
+
+        let gws = stage
+            .gateways(
+                env,
+                objects,
+                &[format!("gw-t{}{round}", suffix.replace('_', "-"))],
+            )
+            .await?;
+        let spec = stage.spec(params, closed, params.measure, Some(("gateway", &gws[0])));
+        let w = measure::window(mesh, &stage.agents, spec).await;
+        rss = gws[0].memory().or(rss);
+        stage.stop_gateways(report, objects, gws).await?;
+        check(report, &format!("gateway {what}"), &w);
+        record_cpu(report, suffix, &w);
+        progress(format!(
+            "{what} round {round}: gateway {:.0}/s",
+            w.delivered_per_s
+        ));
+        mesh_rates.push(w.delivered_per_s);
+    }
+    // CPU per intent summed over nats-server, deliverer and senders/agents: less sensitive to
+    // other tenants of a shared machine than rates are.
+    let total = |r: &Report, suffix: &str, deliverer: &str| -> Option<f64> {
+        Some(
+            r.get(&format!("cpu_us_per_intent_nats{suffix}"))?
+                + r.get(&format!("cpu_us_per_intent_{deliverer}{suffix}"))?
+                + r.get(&format!("cpu_us_per_intent_bench{suffix}"))?,
+        )
+    };
+    let (g, b) = (
+        total(report, suffix, "gateway"),
+        total(report, &format!("{suffix}_baseline"), "relay"),
+    );
+    report.set(format!("cpu_us_per_intent_total{suffix}"), g);
+    report.set(format!("cpu_us_per_intent_total{suffix}_baseline"), b);
+    report.set(
+        format!("cpu_cost_ratio{suffix}"),
+        g.zip(b).map(|(g, b)| b / g),
+    );
+    Ok(Rounds {
+        baseline: median(base_rates),
+        gateway: median(mesh_rates),
+        rss,
+    })
 }
 
 /// The baseline relay shaped like the gateway's use of JetStream (one pinned consumer per agent,

@@ -381,11 +381,12 @@ async fn pull(
                 };
                 caught_up = info.pending == 0;
                 let seq = info.stream_sequence;
+                buf.hold.observe(&msg, seq, "parked recipient");
                 if buf.held.contains(&seq) {
                     // A redelivery of an intent this worker still holds: the held copy will be acked.
                     continue;
                 }
-                if let Some(msg) = buf.hold.receive(msg, seq, "parked recipient") {
+                if let Some(msg) = buf.hold.place(msg, seq) {
                     admit(shared, &mut buf, msg, to, skip, !killed && draining.is_none()).await;
                 }
             }

@@ -6,6 +6,12 @@
 //! (delivered, rejected or parked, so acknowledged) or handed back to it; one segment per pin
 //! gained, oldest first.
 //!
+//! A gap in the consumer's delivery sequence means the same: nats-server delivered something this
+//! replica never received, lost in transit when the node it is connected to went away (the
+//! server redelivers it after `ack_wait`) or sent to another replica under another pin. What
+//! follows a gap is held the same way, so that the lost intent, once redelivered, still goes
+//! before the newer ones of its sender.
+//!
 //! "Done" is read from the consumer's ack floor. For the shared lane, whose consumer sees every
 //! message, the floor is exact. A drain's consumer filters on one recipient, and nats-server
 //! moves a filtered consumer's stream floor only when an acknowledgement moves it: after the
@@ -32,6 +38,9 @@ pub struct PinHold {
     pin: Option<String>,
     /// The highest stream sequence received.
     highest: u64,
+    /// The highest consumer delivery sequence received: every delivery, redeliveries included,
+    /// takes the next one, so a jump means a delivery this replica did not get.
+    delivered: Option<u64>,
     /// One segment per pin gained, oldest first (the pin can move away and back while this
     /// replica still holds, and another replica then had the intents between two segments).
     segments: VecDeque<Segment>,
@@ -59,16 +68,27 @@ pub enum Floor<'a> {
 }
 
 impl PinHold {
-    /// Takes a message just received at stream sequence `seq`: keeps it if a pin was gained and
-    /// older intents may still be outstanding, or gives it back to be acted on now.
-    pub fn receive(&mut self, msg: Message, seq: u64, what: &str) -> Option<Message> {
-        let pin = pin_of(&msg).map(str::to_string);
-        if pin.is_some() && pin != self.pin {
+    /// Notes every message received, redeliveries of intents in hand included, at stream
+    /// sequence `seq`: a new pin, or a gap in the delivery sequence, starts a segment.
+    pub fn observe(&mut self, msg: &Message, seq: u64, what: &str) {
+        let pin = pin_of(msg).map(str::to_string);
+        let dseq = msg.info().map(|i| i.consumer_sequence).ok();
+        let gap = match (self.delivered, dseq) {
+            (Some(last), Some(now)) => now > last + 1,
+            _ => false,
+        };
+        self.delivered = self.delivered.max(dseq);
+        let gained = pin.is_some() && pin != self.pin;
+        if gained || gap {
             // The new pin's first message can be a redelivery of an older intent (the new
             // leader does not know of progress acks sent to the old one): the segment starts
             // after everything this replica has seen.
             let first = seq.max(self.highest + 1);
-            tracing::info!(pin = ?pin, previous = ?self.pin, first, what, "consumer pinned to this replica; holding new intents until the previous holder's are acknowledged");
+            if gained {
+                tracing::info!(pin = ?pin, previous = ?self.pin, first, what, "consumer pinned to this replica; holding new intents until the previous holder's are acknowledged");
+            } else {
+                tracing::warn!(first, what, delivery = ?dseq, "deliveries missing (lost with a connection, or taken under another pin); holding new intents until the missing ones are acknowledged");
+            }
             self.pin = pin;
             if self.segments.back().is_none_or(|h| h.first < first) {
                 self.segments
@@ -76,6 +96,11 @@ impl PinHold {
             }
         }
         self.highest = self.highest.max(seq);
+    }
+
+    /// Takes an observed message that is not in hand yet: keeps it if older intents may still
+    /// be outstanding, or gives it back to be acted on now.
+    pub fn place(&mut self, msg: Message, seq: u64) -> Option<Message> {
         // The newest segment that starts at or before this sequence.
         if let Some(segment) = self.segments.iter_mut().rev().find(|h| h.first <= seq) {
             segment.messages.push(msg);
@@ -99,6 +124,20 @@ impl PinHold {
         None
     }
 
+    /// Keeps a message the caller cannot act on yet (what it needs from NATS did not answer):
+    /// it and everything received after it wait, in order, for the next release.
+    pub fn keep(&mut self, msg: Message, seq: u64) {
+        if self.segments.is_empty() {
+            self.segments
+                .push_back(Segment::new(seq, false, Instant::now()));
+        }
+        let kept = self.place(msg, seq);
+        debug_assert!(
+            kept.is_none(),
+            "a segment takes every message while one exists"
+        );
+    }
+
     pub fn is_empty(&self) -> bool {
         self.segments.is_empty()
     }
@@ -116,6 +155,7 @@ impl PinHold {
     /// Everything held, for a hand-back; the next message starts a new pin's hold.
     pub fn take_all(&mut self) -> Vec<Message> {
         self.pin = None;
+        self.delivered = None;
         self.segments.drain(..).flat_map(|s| s.messages).collect()
     }
 

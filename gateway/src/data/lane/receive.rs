@@ -15,11 +15,12 @@ impl Lane {
             }
         };
         self.shared.metrics.saw_pin(pin_of(&msg));
+        self.hold.observe(&msg, seq, "shared lane");
         if self.held.contains(&seq) {
             // A redelivery of an intent this lane still holds: the held copy will be acked.
             return;
         }
-        let Some(msg) = self.hold.receive(msg, seq, "shared lane") else {
+        let Some(msg) = self.hold.place(msg, seq) else {
             self.total += 1;
             return;
         };
@@ -34,12 +35,20 @@ impl Lane {
         // The previous holder may have parked or unparked recipients meanwhile.
         self.parked_known = false;
         self.total -= messages.len();
+        // Set once the parked set could not be read for one of them, kept back: the rest follow.
+        let mut kept = false;
         for msg in messages {
             let (seq, delivered) = match msg.info() {
                 Ok(info) => (info.stream_sequence, info.delivered.max(1) as u32),
                 Err(_) => continue,
             };
+            if kept {
+                self.hold.keep(msg, seq);
+                self.total += 1;
+                continue;
+            }
             self.admit(msg, seq, delivered).await;
+            kept = !self.parked_known;
         }
     }
 
@@ -52,11 +61,11 @@ impl Lane {
         if !self.parked_known {
             if let Err(e) = self.read_parked().await {
                 // Without the parked set the lane could deliver a parked recipient's intent
-                // twice or out of order: leave the message to come back.
-                tracing::warn!(error = %e, "cannot list parked recipients; retrying");
-                let _ = msg
-                    .ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
-                    .await;
+                // twice or out of order. Handed back, it would come back after newer intents of
+                // its sender; kept, it and everything after it wait for the next try.
+                tracing::warn!(error = %e, seq, "cannot list parked recipients; holding intents until it can");
+                self.hold.keep(msg, seq);
+                self.total += 1;
                 return;
             }
         }

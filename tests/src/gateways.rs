@@ -206,7 +206,9 @@ impl GatewayProcess {
                 .env("NO_COLOR", "1")
                 .stderr(Stdio::piped());
         } else {
-            cmd.env("RUST_LOG", log);
+            cmd.env("RUST_LOG", log)
+                .env("NO_COLOR", "1")
+                .stderr(Stdio::piped());
         }
         cmd.envs(env.iter().copied());
         let mut child = cmd
@@ -223,11 +225,11 @@ impl GatewayProcess {
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn mesh-gateway");
-        let addr = child.stderr.take().map(|stderr| {
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || forward_log(stderr, tx));
-            rx
-        });
+        let stderr = child.stderr.take().expect("mesh-gateway's stderr is piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let who = id.to_string();
+        std::thread::spawn(move || forward_log(stderr, &who, observed, tx));
+        let addr = observed.then_some(rx);
         let gw = GatewayProcess {
             id: id.to_string(),
             child,
@@ -263,10 +265,13 @@ impl Drop for GatewayProcess {
     }
 }
 
-/// Passes a gateway's log through to stderr, except its info lines, and sends the metrics
+/// Passes a gateway's log through to stderr, each line prefixed with the replica's id (except an
+/// observed gateway's info lines, turned on only for the metrics address), and sends the metrics
 /// address it logs.
 fn forward_log(
     stderr: std::process::ChildStderr,
+    id: &str,
+    observed: bool,
     tx: std::sync::mpsc::Sender<std::net::SocketAddr>,
 ) {
     use std::io::BufRead;
@@ -281,8 +286,10 @@ fn forward_log(
             if let Some(addr) = addr {
                 let _ = tx.send(addr);
             }
-        } else if !line.contains(" INFO ") {
-            eprintln!("{line}");
+        } else if !observed || !line.contains(" INFO ") {
+            // Prefixed with the replica, so that the logs of several gateways in one test
+            // (and of several tests) can be told apart.
+            eprintln!("[{id}] {line}");
         }
     }
 }

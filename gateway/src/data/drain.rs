@@ -6,9 +6,9 @@
 //!
 //! The marker protocol: the drain publishes a marker into the intents stream (stream sequence
 //! `K`) and delivers nothing at or after `K` until the shared lane answers. The lane accepts when
-//! every intent before `K` is acknowledged (it then deletes the consumer and delivers what
-//! follows `K` itself), and declines otherwise; after a decline the drain goes on and tries again
-//! when it has caught up.
+//! every intent before `K` is acknowledged and none is stored after `K` yet (it then deletes the
+//! consumer and delivers what follows `K` itself), and declines otherwise; after a decline the
+//! drain goes on and tries again when it has caught up, [`MARKER_RETRY`] later at the earliest.
 //!
 //! Order across a change of pin: the consumer's pin is forgotten when its leader changes, and
 //! the replica that had it may still be delivering older intents while another receives newer
@@ -29,7 +29,7 @@ use futures::StreamExt;
 use mesh_schemas::headers::{intent_id, parse_cost, MESH_COST, MESH_UNPARK_REPLY, NATS_MSG_ID};
 use mesh_schemas::{AgentId, MeshNames};
 
-use crate::control::gate::GateState;
+use crate::control::gate::{Gate, GateState};
 use crate::data::deliver::{deliver, Item, OnFailure, Outcome};
 use crate::data::flights::Flights;
 use crate::data::pin_hold::{Floor, PinHold, HOLD_CHECK};
@@ -70,22 +70,38 @@ pub fn spawn(shared: &Arc<Shared>, to: AgentId) {
 /// unparked or the gateway stops.
 async fn run(shared: Arc<Shared>, to: AgentId) {
     let gate = shared.gates.get(&to);
-    let (consumer, info) = loop {
-        match setup::parked_consumer(&shared.objects.intents, &shared.cfg, &to).await {
-            Ok(Some(found)) => break found,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(%to, error = %e, "cannot get the parked recipient's consumer; retrying");
-                if shared.pause(Duration::from_secs(1)).await {
-                    return;
+    let mut state = gate.subscribe();
+    let lookup = async {
+        loop {
+            match setup::parked_consumer(&shared.objects.intents, &shared.cfg, &to).await {
+                Ok(found) => return found,
+                Err(e) => {
+                    tracing::warn!(%to, error = %e, "cannot get the parked recipient's consumer; retrying");
+                    if shared.pause(Duration::from_secs(1)).await {
+                        return None;
+                    }
                 }
             }
+        }
+    };
+    tokio::pin!(lookup);
+    // Holding nothing yet, this worker confirms kills at once: a fence must not wait on
+    // JetStream administration (each try can take the request timeout, longer in an election).
+    let (consumer, info) = loop {
+        if let GateState::Killed { revision, .. } = *state.borrow_and_update() {
+            gate.mark_drained(revision);
+        }
+        tokio::select! {
+            found = &mut lookup => match found {
+                Some(found) => break found,
+                None => return,
+            },
+            changed = state.changed() => if changed.is_err() { return },
         }
     };
     let skip = setup::skip_list(&info);
     // Deliveries a stopped replica left unacknowledged come back only after the ack wait; start
     // after them so that they are not overtaken by newer intents of the same sender.
-    let mut state = gate.subscribe();
     {
         if info.num_ack_pending > 0 && !info.paused {
             tracing::info!(%to, unacked = info.num_ack_pending, "waiting for unacknowledged deliveries of another replica to return");
@@ -131,12 +147,21 @@ async fn run(shared: Arc<Shared>, to: AgentId) {
                     return;
                 }
                 tracing::warn!(%to, why, "recipient subscription ended; reopening");
+                // Everything it held was handed back: nothing to wait for until it pulls again.
+                confirm_if_killed(&gate);
                 if shared.pause(backoff).await {
                     return;
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// Marks the current kill drained, for a worker that holds no intent of the recipient.
+fn confirm_if_killed(gate: &Gate) {
+    if let GateState::Killed { revision, .. } = gate.state() {
+        gate.mark_drained(revision);
     }
 }
 
@@ -160,6 +185,9 @@ struct Buffer {
     /// An unpark marker is out at this stream sequence: nothing at or after it is started.
     stop_at: Option<u64>,
     marker_sent: Option<tokio::time::Instant>,
+    /// No marker before this instant: after a decline, so that a recipient whose intents keep
+    /// coming does not get a marker after each of them.
+    marker_after: tokio::time::Instant,
 }
 
 impl Buffer {
@@ -180,6 +208,9 @@ const DRAIN_PULL_EXPIRY: Duration = Duration::from_secs(1);
 
 /// How long a drain waits for the shared lane's answer to a marker before it tries again.
 const MARKER_ANSWER_WAIT: Duration = Duration::from_secs(30);
+
+/// How long a drain waits after a declined marker before it sends another.
+const MARKER_RETRY: Duration = Duration::from_secs(1);
 
 async fn pull(
     shared: &Arc<Shared>,
@@ -221,6 +252,7 @@ async fn pull(
         hold: PinHold::default(),
         stop_at: None,
         marker_sent: None,
+        marker_after: tokio::time::Instant::now(),
     };
     let mut progress = tokio::time::interval(cfg.ack_wait / 3);
     progress.tick().await;
@@ -296,6 +328,7 @@ async fn pull(
                     }
                     buf.stop_at = None;
                     buf.marker_sent = None;
+                    buf.marker_after = tokio::time::Instant::now() + MARKER_RETRY;
                     caught_up = false;
                     if !killed && draining.is_none() {
                         restart_senders(shared, &mut buf);
@@ -407,6 +440,7 @@ async fn pull(
             && !killed
             && draining.is_none()
             && buf.stop_at.is_none()
+            && tokio::time::Instant::now() >= buf.marker_after
             && idle(&buf)
         {
             match send_marker(shared, to, &inbox).await {

@@ -82,6 +82,21 @@ pub async fn try_unpark(
         Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {}
         Err(e) => return Err(consumer_error(Box::new(e))),
     }
+    // Intents to `to` stored after the marker: while the shared consumer's pin changes, two
+    // replicas' lanes work for a moment, and the other one may already have acknowledged them
+    // as parked (most likely how a rolling restart lost 42 intents). Only the consumer still
+    // has them, so it stays; the drain delivers them and asks again later.
+    let later = stream
+        .raw_message_builder()
+        .sequence(marker + 1)
+        .next_by_subject(shared.subjects.intents_to(to))
+        .send()
+        .await;
+    match later {
+        Ok(_) => return Ok(false),
+        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {}
+        Err(e) => return Err(consumer_error(Box::new(e))),
+    }
     match stream.delete_consumer(&name).await {
         Ok(_) => Ok(true),
         // Gone already: nothing of `to` waits in it any more.

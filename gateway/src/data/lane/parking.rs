@@ -28,7 +28,21 @@ impl Lane {
                 continue;
             }
             items.sort_by_key(|i| i.seq);
-            let start = items[0].seq;
+            // An older intent of `to` that came back while a pin changed can wait in the hold
+            // below the queue: the parked consumer starts at it, or the lane, once the hold
+            // releases it, would ack it as parked and nobody would deliver it.
+            let held_low = self
+                .hold
+                .messages()
+                .filter(|m| {
+                    self.shared
+                        .subjects
+                        .parse_intent(m.subject.as_str())
+                        .is_ok_and(|s| s.to == to)
+                })
+                .filter_map(|m| m.info().ok().map(|i| i.stream_sequence))
+                .min();
+            let start = held_low.map_or(items[0].seq, |h| h.min(items[0].seq));
             let skip: Vec<u64> = r
                 .recent_done
                 .iter()

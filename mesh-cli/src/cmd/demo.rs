@@ -637,7 +637,12 @@ async fn scenario(
     )?;
     let status = super::status::read(mesh).await?;
     let row = status.agents.iter().find(|a| a.agent == "deployer");
-    let pending = row.and_then(|r| r.pending).unwrap_or(0);
+    let Some(pending) = row.and_then(|r| r.pending) else {
+        return Err(CliError::DemoInvariant(format!(
+            "mesh-cli status could not count the {} intents held for the deployer (see the warning above)",
+            args.held
+        )));
+    };
     check(
         pending == args.held,
         format!(

@@ -18,6 +18,7 @@ use crate::error::CliError;
 use crate::fence;
 use crate::mesh::Mesh;
 use crate::output;
+use crate::retry;
 use crate::scan;
 use crate::Ctx;
 
@@ -27,6 +28,9 @@ pub struct Args {}
 /// Up to this many agents, `status` counts the pending intents of every agent; above it, only
 /// of killed ones (the others show `-`).
 const COUNT_ALL_PENDING_UP_TO: usize = 200;
+
+/// How long the counts of waiting intents retry, together, while JetStream does not answer.
+const COUNT_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// One agent's line.
 #[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
@@ -254,6 +258,9 @@ pub async fn read(mesh: &Mesh) -> Result<Status, CliError> {
         // for every agent in a mesh small enough for that to stay quick.
         let gw = mesh.cfg.gateway_config();
         let everyone = agents.len() <= COUNT_ALL_PENDING_UP_TO;
+        // Counting creates a short-lived consumer, which times out while a cluster elects
+        // (a node just lost or rejoining): all counts together retry for this long.
+        let count_deadline = tokio::time::Instant::now() + COUNT_RETRY_FOR;
         for (id, a) in agents.iter_mut() {
             if a.pending.is_some() || !(everyone || a.state == "killed") {
                 continue;
@@ -261,14 +268,21 @@ pub async fn read(mesh: &Mesh) -> Result<Status, CliError> {
             let Ok(agent) = AgentId::new(id.as_str()) else {
                 continue;
             };
-            match mesh_gateway::setup::pending_for(&intents, &gw, &agent).await {
+            let count = retry::until_while(
+                count_deadline,
+                "count pending intents",
+                |e: &mesh_gateway::setup::SetupError| e.is_retryable(),
+                || mesh_gateway::setup::pending_for(&intents, &gw, &agent),
+            )
+            .await;
+            match count {
                 Ok(n) => {
                     a.pending = Some(n);
                     // Not parked: its work is held exactly when the flag says killed.
                     a.held.get_or_insert(a.state == "killed");
                 }
-                Err(e) => {
-                    tracing::warn!(agent = %id, error = %e, "could not count pending intents")
+                Err(gave_up) => {
+                    tracing::warn!(agent = %id, attempts = gave_up.attempts, error = %gave_up.last, "could not count pending intents; shown as unknown")
                 }
             }
         }

@@ -394,7 +394,7 @@ fn say(ctx: &mut Ctx, text: &str) -> Result<(), CliError> {
 }
 
 async fn wait_until(what: &str, mut ok: impl FnMut() -> bool) -> Result<(), CliError> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while !ok() {
         check(
             Instant::now() < deadline,
@@ -603,8 +603,9 @@ async fn scenario(
     .await?;
     stop.store(true, Ordering::SeqCst);
     // Counted from the audit trail: the notices are best effort (core NATS), and an instance
-    // that reconnects after a node's loss misses those sent meanwhile.
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // that reconnects after a node's loss misses those sent meanwhile. On a cluster just after
+    // the node loss, nats-server 2.11.11 took more than 30 s to store them all.
+    let deadline = Instant::now() + fence.max(Duration::from_secs(30)) * 2;
     let recorded = loop {
         let recorded = recorded_rejections(mesh, &deployer).await?;
         if counts.infra_from_deployer.load(Ordering::SeqCst) + recorded

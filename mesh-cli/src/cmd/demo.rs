@@ -637,7 +637,15 @@ async fn scenario(
         ctx,
         "\n4. mesh-cli status / mesh-cli audit --agent deployer",
     )?;
-    let status = super::status::read(mesh).await?;
+    // Reads of the buckets can still time out while a cluster recovers from the node loss.
+    let status = crate::retry::until_while(
+        tokio::time::Instant::now() + fence,
+        "read the status",
+        crate::retry::transient,
+        || super::status::read(mesh),
+    )
+    .await
+    .map_err(|gave_up| gave_up.last)?;
     let row = status.agents.iter().find(|a| a.agent == "deployer");
     let Some(pending) = row.and_then(|r| r.pending) else {
         return Err(CliError::DemoInvariant(format!(

@@ -82,6 +82,13 @@ async fn a_gateway_given_every_url_survives_the_loss_of_its_node_and_confirms_a_
     ))
     .await;
     let v_at_return = v.len();
+    let version = mesh_testkit::nats_server_version().unwrap_or_default();
+    if out.status.code() == Some(3) && !mesh_tests::node_loss::order_asserted_on(&version) {
+        // nats-server 2.11 (GUARANTEES limit 12): a kill right after the node loss can go
+        // unconfirmed by the reconnecting replica; the flag is in force (exit 3 says so).
+        tracing::warn!(%version, "kill not confirmed after the node loss on 2.11 (limit 12)");
+        return;
+    }
     assert_eq!(out.status.code(), Some(0), "kill: {}", shown(&out));
     let outcome: serde_json::Value =
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", shown(&out)));

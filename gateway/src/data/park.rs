@@ -70,37 +70,49 @@ pub async fn try_unpark(
     // Everything up to the ack floor is acknowledged; the next intent to `to` after it must not
     // be older than the marker.
     let floor = info.ack_floor.stream_sequence;
-    let next = stream
-        .raw_message_builder()
-        .sequence(floor + 1)
-        .next_by_subject(shared.subjects.intents_to(to))
-        .send()
-        .await;
-    match next {
-        Ok(m) if m.sequence < marker => return Ok(false),
-        Ok(_) => {}
-        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {}
-        Err(e) => return Err(consumer_error(Box::new(e))),
+    let first_from = |seq: u64| first_intent_to(stream, shared, to, seq);
+    if first_from(floor + 1)
+        .await
+        .map_err(|e| consumer_error(Box::new(e)))?
+        .is_some_and(|next| next < marker)
+    {
+        return Ok(false);
     }
     // Intents to `to` stored after the marker: while the shared consumer's pin changes, two
     // replicas' lanes work for a moment, and the other one may already have acknowledged them
     // as parked (most likely how a rolling restart lost 42 intents). Only the consumer still
     // has them, so it stays; the drain delivers them and asks again later.
-    let later = stream
-        .raw_message_builder()
-        .sequence(marker + 1)
-        .next_by_subject(shared.subjects.intents_to(to))
-        .send()
-        .await;
-    match later {
-        Ok(_) => return Ok(false),
-        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {}
-        Err(e) => return Err(consumer_error(Box::new(e))),
+    if first_from(marker + 1)
+        .await
+        .map_err(|e| consumer_error(Box::new(e)))?
+        .is_some()
+    {
+        return Ok(false);
     }
     match stream.delete_consumer(&name).await {
         Ok(_) => Ok(true),
         // Gone already: nothing of `to` waits in it any more.
         Err(e) if setup::hold_failure(&e) == setup::HoldFailure::Gone => Ok(true),
         Err(e) => Err(consumer_error(Box::new(e))),
+    }
+}
+
+/// The stream sequence of the first intent to `to` stored at or after `seq`, if any.
+async fn first_intent_to(
+    stream: &async_nats::jetstream::stream::Stream,
+    shared: &Shared,
+    to: &AgentId,
+    seq: u64,
+) -> Result<Option<u64>, async_nats::jetstream::stream::RawMessageError> {
+    match stream
+        .raw_message_builder()
+        .sequence(seq)
+        .next_by_subject(shared.subjects.intents_to(to))
+        .send()
+        .await
+    {
+        Ok(m) => Ok(Some(m.sequence)),
+        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(e),
     }
 }

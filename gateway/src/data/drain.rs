@@ -346,7 +346,7 @@ async fn pull(
             // The ack floor moves with no event this replica could wait for (the previous
             // holder acks its own intents), so it is read while intents are held.
             _ = hold_check.tick(), if !buf.hold.is_empty() => {
-                let floor = Floor::Filtered { stream: &shared.objects.intents, filter: &filter };
+                let floor = Floor::Filtered { stream: &shared.objects.intents, filter: &filter, in_hand: &buf.held };
                 for msg in buf.hold.release(consumer, floor).await {
                     admit(shared, &mut buf, msg, to, skip, !killed && draining.is_none()).await;
                 }
@@ -419,7 +419,7 @@ async fn pull(
                     // A redelivery of an intent this worker still holds: the held copy will be acked.
                     continue;
                 }
-                if let Some(msg) = buf.hold.place(msg, seq) {
+                if let Some(msg) = buf.hold.place(msg) {
                     admit(shared, &mut buf, msg, to, skip, !killed && draining.is_none()).await;
                 }
             }

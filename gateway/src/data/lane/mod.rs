@@ -168,7 +168,7 @@ impl Lane {
             total: 0,
             last_message: Instant::now(),
             park_retry_at: Instant::now(),
-            hold: PinHold::default(),
+            hold: PinHold::for_whole_stream(),
         }
     }
 
@@ -224,7 +224,7 @@ impl Lane {
                 // The ack floor moves with no event this replica could wait for (the previous
                 // holder acks its own intents), so it is read while intents are held.
                 _ = hold_check.tick(), if !self.hold.is_empty() => {
-                    let released = self.hold.release(consumer, Floor::Whole).await;
+                    let released = self.hold.release(consumer, Floor::Whole { in_hand: &self.held }).await;
                     self.released(released).await;
                 }
                 msg = messages.next(), if self.total < limit => {

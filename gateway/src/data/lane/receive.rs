@@ -20,7 +20,7 @@ impl Lane {
             // A redelivery of an intent this lane still holds: the held copy will be acked.
             return;
         }
-        let Some(msg) = self.hold.place(msg, seq) else {
+        let Some(msg) = self.hold.place(msg) else {
             self.total += 1;
             return;
         };
@@ -43,7 +43,7 @@ impl Lane {
                 Err(_) => continue,
             };
             if kept {
-                self.hold.keep(msg, seq);
+                self.hold.keep(msg);
                 self.total += 1;
                 continue;
             }
@@ -64,7 +64,7 @@ impl Lane {
                 // twice or out of order. Handed back, it would come back after newer intents of
                 // its sender; kept, it and everything after it wait for the next try.
                 tracing::warn!(error = %e, seq, "cannot list parked recipients; holding intents until it can");
-                self.hold.keep(msg, seq);
+                self.hold.keep(msg);
                 self.total += 1;
                 return;
             }

@@ -462,7 +462,11 @@ pub async fn create_parked_consumer(
     let mut start = start;
     match stream.consumer_info(&name).await {
         Ok(info) => {
-            start = start.min(info.ack_floor.stream_sequence + 1);
+            // Its first unacknowledged intent: a consumer that starts at a sequence reports a
+            // floor of 0 until its first ack, and taken as is that replaced a parked consumer
+            // with one from the stream's first intent (seen in the chaos soak: thousands of old
+            // intents delivered again, some rejected, after a park retried across a timeout).
+            start = start.min(first_unacked(&info));
             match stream.delete_consumer(&name).await {
                 Ok(_) => {}
                 // Deleted meanwhile (an unpark): what we wanted.
@@ -479,6 +483,16 @@ pub async fn create_parked_consumer(
         .await
         .map(|_| ())
         .map_err(|e| consumer_error(&name, e))
+}
+
+/// The first stream sequence `info`'s consumer has not acknowledged: after its ack floor, and
+/// not before the sequence it starts at.
+pub fn first_unacked(info: &consumer::Info) -> u64 {
+    let start = match info.config.deliver_policy {
+        consumer::DeliverPolicy::ByStartSequence { start_sequence } => start_sequence,
+        _ => 1,
+    };
+    (info.ack_floor.stream_sequence + 1).max(start)
 }
 
 /// Gets `to`'s parked consumer; `None` when `to` is not parked.

@@ -346,8 +346,8 @@ async fn pull(
             // The ack floor moves with no event this replica could wait for (the previous
             // holder acks its own intents), so it is read while intents are held.
             _ = hold_check.tick(), if !buf.hold.is_empty() => {
-                let floor = Floor::Filtered { stream: &shared.objects.intents, filter: &filter, in_hand: &buf.held };
-                for msg in buf.hold.release(consumer, floor).await {
+                let floor = Floor::Filtered { stream: &shared.objects.intents, filter: &filter };
+                for msg in buf.hold.release(consumer, floor, &buf.held).await {
                     admit(shared, &mut buf, msg, to, skip, !killed && draining.is_none()).await;
                 }
             }

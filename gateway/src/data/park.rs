@@ -67,11 +67,10 @@ pub async fn try_unpark(
         Err(e) if setup::is_not_found(&e) => return Ok(true),
         Err(e) => return Err(consumer_error(Box::new(e))),
     };
-    // Everything up to the ack floor is acknowledged; the next intent to `to` after it must not
-    // be older than the marker.
-    let floor = info.ack_floor.stream_sequence;
+    // Everything before its first unacknowledged sequence is done; the next intent to `to` from
+    // there must not be older than the marker.
     let first_from = |seq: u64| first_intent_to(stream, shared, to, seq);
-    if first_from(floor + 1)
+    if first_from(setup::first_unacked(&info))
         .await
         .map_err(|e| consumer_error(Box::new(e)))?
         .is_some_and(|next| next < marker)

@@ -13,25 +13,32 @@
 //! another replica or not delivered yet, and it holds from there too.
 //!
 //! Held intents go lowest first, each once every older intent of the consumer is done (delivered,
-//! rejected or parked, so acknowledged) or in this replica's hands (held, queued or in flight).
+//! rejected or parked, so acknowledged) or was received by this replica (so it is held, queued,
+//! in flight, or acknowledged by it). Without counting the last, a lane that had acknowledged
+//! intents above a floor held back by one slow delivery released 1 to 3 intents per check while
+//! thousands waited (the chaos soak).
 //! Waiting only for the floor to reach the lowest held intent let an intent that another replica
 //! still held be overtaken by newer ones of its sender that came back here first (a rolling
 //! restart under load: 2 to 3 inversions in 2 of 10 runs before).
 //!
 //! "Done" is read from the consumer's ack floor. For the shared lane, whose consumer sees every
-//! message, everything between the floor and a held intent must be in hand. A drain's consumer
+//! message, everything between the floor and a held intent must have been received. A drain's consumer
 //! filters on one recipient, and nats-server moves a filtered consumer's stream floor only when an
 //! acknowledgement moves it (intents of other recipients after the last acked one leave it
 //! behind), so the recipient's intents after the floor are looked up in the stream, one by one,
-//! until the held one: each must be in hand.
+//! until the held one: each must have been received.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use async_nats::header::NATS_PIN_ID;
-use async_nats::jetstream::consumer::{self, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::stream::{RawMessageErrorKind, Stream};
 use async_nats::jetstream::Message;
 use tokio::time::Instant;
+
+/// How many received stream sequences a hold remembers. One it forgot only makes a hold wait for
+/// the ack floor to pass it.
+const SEEN_WINDOW: usize = 65_536;
 
 /// How often a replica holding intents after gaining a pin reads the consumer's ack floor.
 pub const HOLD_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
@@ -51,6 +58,12 @@ pub struct PinHold {
     holding: bool,
     /// The messages held, with when each was received.
     held: Vec<(Message, Instant)>,
+    /// The stream sequences received (the latest [`SEEN_WINDOW`]): each is held, in this
+    /// replica's hands, or acknowledged by it, so an older intent it need not wait for.
+    seen: BTreeSet<u64>,
+    /// Every intent of the consumer from the ack floor up to here (exclusive) was found
+    /// acknowledged or seen by the last release; the next one goes on from here.
+    covered_to: u64,
     /// The consumer delivers every stream sequence (the shared lane's): a skipped sequence is an
     /// intent outstanding elsewhere.
     whole: bool,
@@ -59,15 +72,10 @@ pub struct PinHold {
 /// Where the ack floor is read from: the consumer alone, or with the stream for a consumer
 /// filtered on `filter` (see the module doc).
 pub enum Floor<'a> {
-    /// A consumer of every stream sequence; `in_hand` are the sequences this replica holds
-    /// outside the hold (queued or in flight).
-    Whole { in_hand: &'a HashSet<u64> },
-    /// A consumer filtered on `filter`; `in_hand` as for `Whole`.
-    Filtered {
-        stream: &'a Stream,
-        filter: &'a str,
-        in_hand: &'a HashSet<u64>,
-    },
+    /// A consumer of every stream sequence.
+    Whole,
+    /// A consumer filtered on `filter`.
+    Filtered { stream: &'a Stream, filter: &'a str },
 }
 
 impl PinHold {
@@ -105,6 +113,10 @@ impl PinHold {
             self.holding = true;
         }
         self.highest = self.highest.max(seq);
+        self.seen.insert(seq);
+        if self.seen.len() > SEEN_WINDOW {
+            self.seen.pop_first();
+        }
     }
 
     /// Takes an observed message that is not in hand yet: keeps it while holding, or gives it
@@ -144,26 +156,41 @@ impl PinHold {
         self.pin = None;
         self.delivered = None;
         self.holding = false;
+        self.seen.clear();
+        self.covered_to = 0;
         self.held.drain(..).map(|(m, _)| m).collect()
     }
 
     /// Reads the consumer's ack floor and returns the held intents, lowest sequence first, that
     /// may be acted on now: each once every older intent of the consumer is acknowledged or in
     /// this replica's hands (see the module doc).
-    pub async fn release(&mut self, consumer: &PullConsumer, floor: Floor<'_>) -> Vec<Message> {
+    ///
+    /// `in_hand` are the sequences the caller holds unacknowledged outside the hold (queued or in
+    /// flight): when the consumer has no more unacknowledged deliveries than this replica holds,
+    /// none is outstanding elsewhere and everything held goes.
+    pub async fn release(
+        &mut self,
+        consumer: &PullConsumer,
+        floor: Floor<'_>,
+        in_hand: &HashSet<u64>,
+    ) -> Vec<Message> {
         if self.held.is_empty() {
             self.holding = false;
             return Vec::new();
         }
-        let (acked, start) = match consumer.get_info().await {
-            Ok(info) => (info.ack_floor.stream_sequence, start_of(&info.config)),
+        let (acked, next, unacked) = match consumer.get_info().await {
+            Ok(info) => (
+                info.ack_floor.stream_sequence,
+                crate::setup::first_unacked(&info),
+                info.num_ack_pending,
+            ),
             Err(e) => {
                 tracing::debug!(error = %e, "cannot read the consumer's ack floor; holding");
                 return Vec::new();
             }
         };
-        // A consumer that starts at a sequence reports a floor of 0 until its first ack.
-        let next = (acked + 1).max(start);
+        self.seen = self.seen.split_off(&next);
+        let from = next.max(self.covered_to);
         let mut all: Vec<(u64, Message, Instant)> = self
             .held
             .drain(..)
@@ -171,14 +198,26 @@ impl PinHold {
             .collect();
         all.sort_by_key(|(seq, _, _)| *seq);
         let seqs: Vec<u64> = all.iter().map(|(seq, _, _)| *seq).collect();
-        let n = match floor {
-            Floor::Whole { in_hand } => releasable(next, &seqs, |t| in_hand.contains(&t)),
-            Floor::Filtered {
-                stream,
-                filter,
-                in_hand,
-            } => releasable_filtered(stream, filter, next, &seqs, in_hand).await,
+        let seen = &self.seen;
+        let mut ours: HashSet<u64> = seqs.iter().copied().collect();
+        ours.extend(in_hand.iter().copied());
+        let (n, covered_to) = if unacked <= ours.len() {
+            // Every unacknowledged delivery of the consumer is here: whatever this replica did
+            // not see between the floor and what it holds is acknowledged. Without this, intents
+            // acked by the previous holder above the floor let a hold go one intent per check.
+            (
+                seqs.len(),
+                seqs.last().map_or(from, |last| last + 1).max(from),
+            )
+        } else {
+            match floor {
+                Floor::Whole => releasable(from, &seqs, |t| seen.contains(&t)),
+                Floor::Filtered { stream, filter } => {
+                    releasable_filtered(stream, filter, from, &seqs, seen).await
+                }
+            }
         };
+        self.covered_to = covered_to;
         let rest = all.split_off(n);
         self.holding = !rest.is_empty();
         self.held = rest.into_iter().map(|(_, m, since)| (m, since)).collect();
@@ -206,8 +245,8 @@ impl PinHold {
     }
 }
 
-/// Stream lookups one release of a filtered consumer's hold may make (one per intent it finds in
-/// hand on the way); the rest waits for the next check.
+/// Stream lookups one release of a filtered consumer's hold may make (one per intent it finds
+/// seen on the way); the next release goes on from where it stopped.
 const LOOKUPS_PER_RELEASE: usize = 256;
 
 /// [`releasable`] for a consumer filtered on `filter`: its intents are not every stream sequence,
@@ -217,64 +256,55 @@ async fn releasable_filtered(
     filter: &str,
     next: u64,
     seqs: &[u64],
-    in_hand: &HashSet<u64>,
-) -> usize {
+    seen: &BTreeSet<u64>,
+) -> (usize, u64) {
     let mut cursor = next;
     let mut lookups = 0;
     for (n, &seq) in seqs.iter().enumerate() {
-        while seq > cursor {
+        while cursor < seq {
             if lookups == LOOKUPS_PER_RELEASE {
-                return n;
+                return (n, cursor);
             }
             lookups += 1;
             match stream
                 .get_first_raw_message_by_subject(filter, cursor)
                 .await
             {
-                Ok(found) if found.sequence >= seq => break,
-                Ok(found) if in_hand.contains(&found.sequence) => cursor = found.sequence + 1,
-                Ok(_) => return n,
+                Ok(found) if found.sequence >= seq => cursor = seq,
+                Ok(found) if seen.contains(&found.sequence) => cursor = found.sequence + 1,
+                Ok(found) => return (n, found.sequence),
                 // Nothing stored from there on: what this replica holds was deleted meanwhile.
-                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => break,
+                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => cursor = seq,
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot look up the consumer's next intent; holding");
-                    return n;
+                    return (n, cursor);
                 }
             }
         }
         cursor = cursor.max(seq + 1);
     }
-    seqs.len()
+    (seqs.len(), cursor)
 }
 
-/// How many of the held sequences `seqs` (ascending) may go now: each may once every sequence
-/// from `next` up to it is held (earlier in `seqs`, or `in_hand`). Sequences below `next` are
-/// acknowledged already and go (redeliveries).
-fn releasable(next: u64, seqs: &[u64], in_hand: impl Fn(u64) -> bool) -> usize {
+/// How many of the held sequences `seqs` (ascending) may go now, each once every sequence from
+/// `next` up to it is `covered` (seen by this replica: held, in hand or acknowledged by it), and
+/// the first sequence not known covered. Sequences below `next` go (redeliveries).
+fn releasable(next: u64, seqs: &[u64], covered: impl Fn(u64) -> bool) -> (usize, u64) {
     let mut cursor = next;
-    let mut n = 0;
-    for &seq in seqs {
-        if seq >= cursor {
-            if !(cursor..seq).all(&in_hand) {
-                break;
+    for (n, &seq) in seqs.iter().enumerate() {
+        while cursor < seq {
+            if !covered(cursor) {
+                return (n, cursor);
             }
-            cursor = seq + 1;
+            cursor += 1;
         }
-        n += 1;
+        cursor = cursor.max(seq + 1);
     }
-    n
+    (seqs.len(), cursor)
 }
 
 fn seq_of(msg: &Message) -> u64 {
     msg.info().map(|i| i.stream_sequence).unwrap_or(0)
-}
-
-/// The first stream sequence a consumer covers.
-fn start_of(config: &consumer::Config) -> u64 {
-    match config.deliver_policy {
-        DeliverPolicy::ByStartSequence { start_sequence } => start_sequence,
-        _ => 1,
-    }
 }
 
 /// The pin a message was delivered under.
@@ -290,25 +320,24 @@ mod tests {
     use super::releasable;
 
     #[test]
-    fn a_held_intent_waits_for_every_older_sequence_to_be_acknowledged_or_in_hand() {
+    fn a_held_intent_waits_for_every_older_sequence_to_be_acknowledged_or_seen() {
         // Rolling restart: the floor is 1178, this replica got 1179..=1631 and 1755 back, and 1632
         // is still at the replica that had the pin. Only 1179..=1631 may go.
         let mut seqs: Vec<u64> = (1179..=1631).collect();
         seqs.push(1755);
-        let n = releasable(1179, &seqs, |_| false);
-        assert_eq!(n, 1631 - 1179 + 1);
-        // Once 1632..1755 are in hand (queued here), 1755 goes too.
+        assert_eq!(releasable(1179, &seqs, |_| false), (1631 - 1179 + 1, 1632));
+        // Once 1632..1755 were seen here (in hand, or delivered and acked), 1755 goes too.
         assert_eq!(
             releasable(1179, &seqs, |t| (1632..1755).contains(&t)),
-            seqs.len()
+            (seqs.len(), 1756)
         );
     }
 
     #[test]
-    fn sequences_already_acknowledged_go_and_a_gap_at_the_floor_holds_everything() {
-        assert_eq!(releasable(10, &[3, 7, 10, 11], |_| false), 4);
-        assert_eq!(releasable(10, &[3, 12, 13], |_| false), 1);
-        assert_eq!(releasable(10, &[12, 13], |t| t == 10 || t == 11), 2);
-        assert_eq!(releasable(10, &[], |_| false), 0);
+    fn sequences_below_the_floor_go_and_a_gap_at_the_floor_holds_everything() {
+        assert_eq!(releasable(10, &[3, 7, 10, 11], |_| false), (4, 12));
+        assert_eq!(releasable(10, &[3, 12, 13], |_| false), (1, 10));
+        assert_eq!(releasable(10, &[12, 13], |t| t == 10 || t == 11), (2, 14));
+        assert_eq!(releasable(10, &[], |_| false), (0, 10));
     }
 }

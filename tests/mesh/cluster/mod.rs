@@ -1,9 +1,9 @@
 //! A three-node JetStream cluster losing nodes under a gateway: presence writes refused, a node
 //! lost while intents flow and kills are written (`node_loss`, and `leaders` for the leaders of
 //! `KV_mesh-kill` and of the meta group), a rolling restart of every node (`rolling`), a
-//! gateway given every URL losing its node (`failover`), and starting and killing while the
-//! cluster has no quorum (`quorum`). Unless a test says otherwise, each gateway gets one node's
-//! URL.
+//! gateway given every URL losing its node (`failover`), starting and killing while the
+//! cluster has no quorum (`quorum`), and all of it at random for a while (`chaos`). Unless a test
+//! says otherwise, each gateway gets one node's URL.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use mesh_tests::gateways::{wait_live, GatewayTask};
 use mesh_tests::node_loss::flood;
 use mesh_tests::{connect, init_tracing};
 
+mod chaos;
 mod durability;
 mod failover;
 mod leaders;
@@ -83,4 +84,50 @@ async fn a_replica_whose_presence_lapses_delivers_nothing() {
     stop.store(true, Ordering::SeqCst);
     let _ = sender.await;
     gw.stop().await;
+}
+
+/// A park that finds `in_<id>` already there (left by a replica that parked the recipient and
+/// lost its place, or a park retried after a timeout that had landed after all) replaces it from
+/// the earlier of the two first unacknowledged intents. An R3 consumer that starts at a sequence
+/// and has acked nothing reports an ack floor of 0 (a single node reports the sequence before its
+/// start): read as is, the replacement started at the stream's first intent and delivered
+/// everything ever sent to the recipient again (the chaos soak: 10,699 duplicates in 10 minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_park_that_replaces_an_unacked_parked_consumer_keeps_its_start() {
+    use async_nats::jetstream::consumer::DeliverPolicy;
+    use mesh_gateway::{setup, GatewayConfig};
+    use mesh_schemas::AgentId;
+
+    init_tracing();
+    let cluster = Cluster::start(3);
+    let js = mesh_tests::node_loss::ready_r3(&connect(&cluster.urls()[0]).await).await;
+    let mut cfg = GatewayConfig::default();
+    r3(&mut cfg);
+    let objects = setup::ensure(&js, &cfg).await.expect("mesh objects");
+    let stream = &objects.intents;
+    let to = AgentId::new("worker").expect("id");
+    // Intents stored before the park: delivered long ago by the shared lane.
+    for i in 0..20 {
+        js.publish("mesh.intent.planner.worker.work", format!("{i}").into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+    setup::create_parked_consumer(stream, &cfg, &to, 15, &[], false)
+        .await
+        .expect("first park");
+    setup::create_parked_consumer(stream, &cfg, &to, 18, &[], false)
+        .await
+        .expect("the park again");
+    let info = stream
+        .consumer_info(cfg.names.inbound_consumer(&to))
+        .await
+        .expect("parked consumer");
+    assert_eq!(
+        info.config.deliver_policy,
+        DeliverPolicy::ByStartSequence { start_sequence: 15 },
+        "the replacement starts at the first intent the replaced one had not acked"
+    );
+    assert_eq!(info.num_pending, 6, "intents 15..=20 waiting, none before");
 }

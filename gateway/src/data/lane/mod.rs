@@ -224,7 +224,7 @@ impl Lane {
                 // The ack floor moves with no event this replica could wait for (the previous
                 // holder acks its own intents), so it is read while intents are held.
                 _ = hold_check.tick(), if !self.hold.is_empty() => {
-                    let released = self.hold.release(consumer, Floor::Whole { in_hand: &self.held }).await;
+                    let released = self.hold.release(consumer, Floor::Whole, &self.held).await;
                     self.released(released).await;
                 }
                 msg = messages.next(), if self.total < limit => {

@@ -48,6 +48,9 @@ const EVERY: Duration = Duration::from_millis(40);
 /// At most this many agents killed (or being killed) at once, so that traffic goes on.
 const MAX_KILLED: usize = 2;
 
+/// The kind of violation a first delivery before an older one of its pair is.
+pub const ORDER: &str = "out-of-order";
+
 /// How long the end waits for every stored intent to be delivered or rejected.
 const SETTLE: Duration = Duration::from_secs(120);
 
@@ -790,7 +793,7 @@ async fn judge(
                 report.faults_before(b.at, Duration::from_secs(20))
             );
             if asserted {
-                report.violation("out-of-order", what);
+                report.violation(ORDER, what);
             } else {
                 report.unasserted_inversions.push(what);
             }

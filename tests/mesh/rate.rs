@@ -129,9 +129,12 @@ fn assert_rate(what: &str, times: &[Instant]) -> f64 {
         "{what}: {n} intents in {span:.2} s, delivered rate {delivered:.1}/s against {RATE}/s \
          burst {BURST}; busiest second {busiest}"
     );
+    // Times are when the agent received each intent, not when the gateway took its token: a
+    // delivery that took longer than the next one moves into the next one's second. With that
+    // spread under one period (50 ms), one second of receipts spans at most one more token.
     assert!(
-        busiest <= RATE as usize + BURST,
-        "{what}: {busiest} deliveries in one second, over rate + burst"
+        busiest <= RATE as usize + BURST + 1,
+        "{what}: {busiest} deliveries in one second, over rate + burst (+1 for delivery jitter)"
     );
     // Never faster than the rate allows: the first burst is free, then one per period.
     let fastest = (n as f64 - 1.0 - BURST as f64) / RATE;

@@ -14,19 +14,20 @@
 //!
 //! Held intents go lowest first, each once every older intent of the consumer is done (delivered,
 //! rejected or parked, so acknowledged) or was received by this replica (so it is held, queued,
-//! in flight, or acknowledged by it). Without counting the last, a lane that had acknowledged
-//! intents above a floor held back by one slow delivery released 1 to 3 intents per check while
-//! thousands waited (the chaos soak).
-//! Waiting only for the floor to reach the lowest held intent let an intent that another replica
-//! still held be overtaken by newer ones of its sender that came back here first (a rolling
-//! restart under load: 2 to 3 inversions in 2 of 10 runs before).
+//! in flight, or acknowledged by it). Waiting only for the floor to reach the lowest held intent
+//! let an intent that another replica still held be overtaken by newer ones of its sender that
+//! came back here first (a rolling restart under load: 2 to 3 inversions in 2 of 10 runs before).
+//! Without counting what this replica received and acknowledged itself, a lane whose floor was
+//! held back by one slow delivery released 1 to 3 intents per check while thousands waited (the
+//! chaos soak). When the consumer has no more unacknowledged deliveries than this replica holds,
+//! nothing is outstanding elsewhere and everything held goes at once.
 //!
 //! "Done" is read from the consumer's ack floor. For the shared lane, whose consumer sees every
-//! message, everything between the floor and a held intent must have been received. A drain's consumer
-//! filters on one recipient, and nats-server moves a filtered consumer's stream floor only when an
-//! acknowledgement moves it (intents of other recipients after the last acked one leave it
-//! behind), so the recipient's intents after the floor are looked up in the stream, one by one,
-//! until the held one: each must have been received.
+//! message, everything between the floor and a held intent must have been received. A drain's
+//! consumer filters on one recipient, and nats-server moves a filtered consumer's stream floor
+//! only when an acknowledgement moves it (intents of other recipients after the last acked one
+//! leave it behind), so the recipient's intents after the floor are looked up in the stream, one
+//! by one, until the held one: each must have been received.
 
 use std::collections::{BTreeSet, HashSet};
 
@@ -199,8 +200,14 @@ impl PinHold {
         all.sort_by_key(|(seq, _, _)| *seq);
         let seqs: Vec<u64> = all.iter().map(|(seq, _, _)| *seq).collect();
         let seen = &self.seen;
-        let mut ours: HashSet<u64> = seqs.iter().copied().collect();
-        ours.extend(in_hand.iter().copied());
+        // Only what is still unacknowledged counts: redeliveries of intents below the floor would
+        // make up for one still outstanding at another replica.
+        let ours: HashSet<u64> = seqs
+            .iter()
+            .chain(in_hand.iter())
+            .copied()
+            .filter(|s| *s >= next)
+            .collect();
         let (n, covered_to) = if unacked <= ours.len() {
             // Every unacknowledged delivery of the consumer is here: whatever this replica did
             // not see between the floor and what it holds is acknowledged. Without this, intents

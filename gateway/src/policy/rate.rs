@@ -12,10 +12,19 @@
 //!
 //! A claim may take a small block of permits at once (at most 50 ms worth of the rate, at most
 //! the burst, at most 64), all of which conform at the time of the claim. Each permit of a block
-//! stands for one slot of the TAT and is valid only until that slot's time: a permit that was
-//! not used by then is dropped, never saved up. So every permit is used within `[slot - tau,
-//! slot]`, and any one-second window holds at most `rate + burst - 1` deliveries of the sender
-//! however many replicas deliver them (plus the clock skew between replicas, times the rate).
+//! stands for one slot of the TAT and is valid until a short *grace* after that slot's time
+//! (`g`: what the block's slots span short of 50 ms, at most an eighth of `tau`, whole
+//! periods): a permit that was not used by then is dropped, never saved up. A claim pays for the grace up front: it conforms only
+//! while the TAT is at most `tau - g` ahead of now. So every permit is used within
+//! `[slot - (tau - g), slot + g]`, and any window of `t` seconds holds at most `rate · t + burst`
+//! deliveries of the sender however many replicas deliver them (plus the clock skew between
+//! replicas, times the rate).
+//!
+//! Without the grace a permit expired at its slot, and above 1,280/s the 64 slots of a block
+//! span less than 50 ms (64 µs at 1,000,000/s): a sender slower than its rate found its held
+//! permits expired and paid a compare-and-set per intent. The price of the grace is that after
+//! an idle spell `burst - g / T` permits conform at once, not `burst`; up to 1,280/s the grace
+//! is 0 or one period.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +48,9 @@ const CAS_ATTEMPTS: usize = 16;
 
 /// Permits in one block, at most.
 const MAX_BLOCK: u64 = 64;
+
+/// How long a claimed block should stay usable: its slots' span plus the grace.
+const BLOCK_LIFE_NS: u64 = 50_000_000;
 
 /// The rate and burst of a sender, in the units the algorithm uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +78,15 @@ impl Cell {
         (self.burst - 1).saturating_mul(self.period_ns)
     }
 
+    /// `g`: how long after its slot a held permit may still be used, so that a block stays
+    /// usable for about 50 ms however short its slots span. Whole periods, at most an eighth
+    /// of `tau`; claims conform within `tau - g` to pay for it.
+    pub fn grace_ns(self) -> u64 {
+        let span = (self.max_block() - 1).saturating_mul(self.period_ns);
+        let g = (self.tolerance_ns() / 8).min(BLOCK_LIFE_NS.saturating_sub(span));
+        g / self.period_ns * self.period_ns
+    }
+
     /// The largest block a claim takes: 50 ms worth of the rate, within 1..=burst and 64.
     fn max_block(self) -> u64 {
         (50_000_000 / self.period_ns).clamp(1, self.burst.min(MAX_BLOCK))
@@ -84,7 +105,7 @@ pub enum Plan {
 /// The GCRA decision, a pure function of the TAT, the time and the cell.
 pub fn plan(tat: u64, now: u64, cell: Cell) -> Plan {
     let first = tat.max(now);
-    let limit = now.saturating_add(cell.tolerance_ns());
+    let limit = now.saturating_add(cell.tolerance_ns() - cell.grace_ns());
     if first > limit {
         return Plan::Wait(Duration::from_nanos(first - limit));
     }
@@ -177,8 +198,9 @@ impl RateLimits {
         cell: Cell,
     ) -> Result<Option<Duration>, RateError> {
         let now = now_ns();
+        let grace = cell.grace_ns();
         while let Some(slot) = s.held.pop_front() {
-            if slot >= now {
+            if slot.saturating_add(grace) >= now {
                 return Ok(None);
             }
         }
@@ -276,6 +298,8 @@ impl RateLimits {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use mesh_testkit::NatsServer;
+
     use super::*;
 
     const MS: u64 = 1_000_000;
@@ -345,5 +369,93 @@ mod tests {
         let span = (used[199] - used[0]) as f64 / 1e9;
         // 200 permits at 20/s after a burst of 5: (200 - 5) / 20 s.
         assert!((span - 9.75).abs() < 0.01, "span {span}");
+    }
+
+    #[test]
+    fn the_grace_is_whole_periods_within_an_eighth_of_tau_and_fifty_milliseconds() {
+        // 20/s, burst 5: tau 200 ms, an eighth is less than one 50 ms period.
+        assert_eq!(cell("20/s", 5).grace_ns(), 0);
+        // 1,000/s, burst 1,000: a block of 50 spans 49 ms; one period fills the 50 ms.
+        assert_eq!(cell("1000/s", 1000).grace_ns(), MS);
+        // 1,000,000/s, burst 1,000,000: a block of 64 spans 63 µs.
+        assert_eq!(cell("1000000/s", 1_000_000).grace_ns(), 50 * MS - 63_000);
+        // 10,000/s, burst 1,000: tau 99.9 ms, an eighth is 12.49 ms, whole periods 12.4 ms.
+        assert_eq!(cell("10000/s", 1000).grace_ns(), 12_400_000);
+        // A burst of 1 has no tolerance, so no grace.
+        assert_eq!(cell("100000/s", 1).grace_ns(), 0);
+    }
+
+    /// Two replicas claim in turn from one TAT, as fast as the bucket allows. The first uses
+    /// every permit as late as its grace lets it, the second as early as it conforms: the
+    /// worst mix for the bound. No window of one second holds more than `rate + burst`.
+    #[test]
+    fn permits_used_late_within_their_grace_keep_rate_plus_burst_per_second() {
+        let c = cell("10000/s", 1000);
+        let (g, tau) = (c.grace_ns(), c.tolerance_ns());
+        assert!(g > 0);
+        let (mut tat, mut now, mut used, mut turn) = (0u64, 5_000 * MS, Vec::new(), 0);
+        while used.len() < 40_000 {
+            match plan(tat, now, c) {
+                Plan::Take { first, n } => {
+                    for i in 0..n {
+                        let slot = first + i * c.period_ns;
+                        // Every permit of a claim conforms at the claim, and is valid until
+                        // its slot plus the grace.
+                        assert!(slot <= now + tau - g, "slot beyond tau - g");
+                        used.push(if turn % 2 == 0 {
+                            slot + g
+                        } else {
+                            now.max(slot.saturating_sub(tau - g))
+                        });
+                    }
+                    tat = first + n * c.period_ns;
+                    turn += 1;
+                }
+                Plan::Wait(w) => now += w.as_nanos() as u64,
+            }
+        }
+        used.sort_unstable();
+        let (mut busiest, mut end) = (0, 0);
+        for (i, start) in used.iter().enumerate() {
+            while end < used.len() && used[end] < start + 1000 * MS {
+                end += 1;
+            }
+            busiest = busiest.max(end - i);
+        }
+        assert!(busiest <= 11_000, "{busiest} permits in one second");
+        assert!(
+            busiest >= 10_000,
+            "only {busiest} permits in the busiest second"
+        );
+    }
+
+    /// A sender slower than its rate (the usual case) spends most permits of a block: before
+    /// the grace each permit expired at its slot, and every intent cost a compare-and-set.
+    #[tokio::test]
+    async fn a_sender_below_its_rate_claims_permits_in_blocks() {
+        let server = NatsServer::start();
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let kv = js
+            .create_key_value(kv::Config {
+                bucket: "counters".to_string(),
+                history: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let limits = RateLimits::new(kv);
+        let a = AgentId::new("A").unwrap();
+        let rate = Rate::parse("100000/s").unwrap();
+        // 100 intents at about 500/s against a rate of 100,000/s: blocks of 64 permits whose
+        // slots span 630 µs, valid about 50 ms, so a block serves about 25 intents.
+        let mut pace = tokio::time::interval(Duration::from_millis(2));
+        for _ in 0..100 {
+            pace.tick().await;
+            limits.acquire(&a, rate, Some(100_000)).await.unwrap();
+        }
+        let trips = limits.round_trips();
+        eprintln!("{trips} KV round trips for 100 intents at 500/s");
+        assert!(trips <= 20, "{trips} KV round trips for 100 intents");
     }
 }

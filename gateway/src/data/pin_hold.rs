@@ -22,6 +22,14 @@
 //! chaos soak). When the consumer has no more unacknowledged deliveries than this replica holds,
 //! nothing is outstanding elsewhere and everything held goes at once.
 //!
+//! The consumer's info can be stale: right after a node came back, nats-server answered the
+//! shared lane's hold with an ack floor of 0 and nothing unacknowledged, three checks after a
+//! floor of 248,995, and the hold let 1,388 intents go while the previous holder still had some
+//! (the 30-minute chaos soak: 6 inversions). A floor never moves back, so a reading below one
+//! already seen is skipped (and accepted only if it persists for [`STALE_LIMIT`]); and the
+//! "nothing outstanding elsewhere" shortcut is taken only from a reading whose last delivery is
+//! at least the highest this replica received.
+//!
 //! "Done" is read from the consumer's ack floor. For the shared lane, whose consumer sees every
 //! message, everything between the floor and a held intent must have been received. A drain's
 //! consumer filters on one recipient, and nats-server moves a filtered consumer's stream floor
@@ -43,6 +51,35 @@ const SEEN_WINDOW: usize = 65_536;
 
 /// How often a replica holding intents after gaining a pin reads the consumer's ack floor.
 pub const HOLD_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// How long readings whose ack floor is below one already seen are skipped before they are
+/// believed (a consumer recreated from an earlier start must not hold its intents forever).
+pub const STALE_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What one read of the consumer's info says, as far as a hold is concerned.
+#[derive(Clone, Copy, Debug)]
+pub struct Reading {
+    /// The ack floor's stream sequence.
+    pub acked: u64,
+    /// The first stream sequence not acknowledged ([`crate::setup::first_unacked`]).
+    pub next: u64,
+    /// Deliveries not acknowledged.
+    pub unacked: usize,
+    /// The stream sequence of the consumer's last delivery.
+    pub delivered: u64,
+}
+
+/// Whether a reading may be used, and for what.
+#[derive(Debug, PartialEq, Eq)]
+enum Trust {
+    /// Its floor is below one already seen: a stale view, skipped.
+    Stale,
+    /// Its floor may be used, but it has not seen every delivery this replica received, so its
+    /// count of unacknowledged deliveries may miss some held elsewhere.
+    FloorOnly,
+    /// Up to date with everything this replica received.
+    Full,
+}
 
 /// Intents received under pins this replica gained, not started yet.
 #[derive(Default)]
@@ -68,6 +105,10 @@ pub struct PinHold {
     /// The consumer delivers every stream sequence (the shared lane's): a skipped sequence is an
     /// intent outstanding elsewhere.
     whole: bool,
+    /// The highest first-unacknowledged sequence read: the floor never moves back.
+    max_next: u64,
+    /// Since when readings have been below `max_next`.
+    stale_since: Option<Instant>,
 }
 
 /// Where the ack floor is read from: the consumer alone, or with the stream for a consumer
@@ -179,17 +220,28 @@ impl PinHold {
             self.holding = false;
             return Vec::new();
         }
-        let (acked, next, unacked) = match consumer.get_info().await {
-            Ok(info) => (
-                info.ack_floor.stream_sequence,
-                crate::setup::first_unacked(&info),
-                info.num_ack_pending,
-            ),
+        let reading = match consumer.get_info().await {
+            Ok(info) => Reading {
+                acked: info.ack_floor.stream_sequence,
+                next: crate::setup::first_unacked(&info),
+                unacked: info.num_ack_pending,
+                delivered: info.delivered.stream_sequence,
+            },
             Err(e) => {
                 tracing::debug!(error = %e, "cannot read the consumer's ack floor; holding");
                 return Vec::new();
             }
         };
+        let trust = self.trust(reading, Instant::now());
+        if trust == Trust::Stale {
+            return Vec::new();
+        }
+        let Reading {
+            acked,
+            next,
+            unacked,
+            ..
+        } = reading;
         self.seen = self.seen.split_off(&next);
         let from = next.max(self.covered_to);
         let mut all: Vec<(u64, Message, Instant)> = self
@@ -208,7 +260,7 @@ impl PinHold {
             .copied()
             .filter(|s| *s >= next)
             .collect();
-        let (n, covered_to) = if unacked <= ours.len() {
+        let (n, covered_to) = if trust == Trust::Full && unacked <= ours.len() {
             // Every unacknowledged delivery of the consumer is here: whatever this replica did
             // not see between the floor and what it holds is acknowledged. Without this, intents
             // acked by the previous holder above the floor let a hold go one intent per check.
@@ -249,6 +301,36 @@ impl PinHold {
             );
         }
         all.into_iter().map(|(_, m, _)| m).collect()
+    }
+}
+
+impl PinHold {
+    /// Whether `reading`, taken at `now`, may be used (see the module doc).
+    fn trust(&mut self, reading: Reading, now: Instant) -> Trust {
+        if reading.next < self.max_next {
+            let since = *self.stale_since.get_or_insert(now);
+            if now.duration_since(since) < STALE_LIMIT {
+                tracing::info!(
+                    floor = reading.acked,
+                    first_unacked = reading.next,
+                    seen_first_unacked = self.max_next,
+                    "the consumer's ack floor read lower than before (a stale view); holding"
+                );
+                return Trust::Stale;
+            }
+            tracing::warn!(
+                floor = reading.acked,
+                seen_first_unacked = self.max_next,
+                "the consumer's ack floor stayed lower than before for {STALE_LIMIT:?}; believing it"
+            );
+        }
+        self.max_next = reading.next;
+        self.stale_since = None;
+        if reading.delivered >= self.highest {
+            Trust::Full
+        } else {
+            Trust::FloorOnly
+        }
     }
 }
 
@@ -324,7 +406,68 @@ pub fn pin_of(msg: &Message) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
-    use super::releasable;
+    use super::{releasable, PinHold, Reading, Trust, STALE_LIMIT};
+    use tokio::time::Instant;
+
+    fn reading(acked: u64, unacked: usize, delivered: u64) -> Reading {
+        Reading {
+            acked,
+            next: acked + 1,
+            unacked,
+            delivered,
+        }
+    }
+
+    /// The 30-minute chaos soak: the shared lane's hold read floors 248,988, 248,992 and 248,995,
+    /// then, a node having just come back, a floor of 0 with nothing unacknowledged, and let
+    /// 1,388 intents go while the previous holder still had older ones of their senders.
+    #[test]
+    fn a_floor_that_moves_back_is_a_stale_view_and_is_not_used() {
+        let mut hold = PinHold::for_whole_stream();
+        hold.highest = 250_400;
+        let t0 = Instant::now();
+        assert_eq!(
+            hold.trust(reading(248_988, 1_400, 250_400), t0),
+            Trust::Full
+        );
+        assert_eq!(
+            hold.trust(reading(248_995, 1_400, 250_400), t0),
+            Trust::Full
+        );
+        assert_eq!(hold.trust(reading(0, 0, 0), t0), Trust::Stale);
+        assert_eq!(
+            hold.trust(reading(0, 0, 0), t0 + STALE_LIMIT / 2),
+            Trust::Stale
+        );
+        // The real floor again.
+        assert_eq!(
+            hold.trust(reading(248_996, 1_390, 250_400), t0),
+            Trust::Full
+        );
+        // A floor that stays back longer than the limit is believed (a recreated consumer).
+        let t1 = t0 + STALE_LIMIT;
+        assert_eq!(hold.trust(reading(10, 0, 250_400), t1), Trust::Stale);
+        assert_eq!(
+            hold.trust(reading(10, 0, 250_400), t1 + STALE_LIMIT),
+            Trust::Full
+        );
+    }
+
+    /// A view that has not seen every delivery this replica received may count fewer
+    /// unacknowledged deliveries than are outstanding, so "nothing elsewhere" is not taken from it.
+    #[test]
+    fn a_view_behind_this_replicas_deliveries_gives_its_floor_only() {
+        let mut hold = PinHold::for_whole_stream();
+        hold.highest = 500;
+        assert_eq!(
+            hold.trust(reading(100, 3, 499), Instant::now()),
+            Trust::FloorOnly
+        );
+        assert_eq!(
+            hold.trust(reading(100, 3, 500), Instant::now()),
+            Trust::Full
+        );
+    }
 
     #[test]
     fn a_held_intent_waits_for_every_older_sequence_to_be_acknowledged_or_seen() {

@@ -67,6 +67,8 @@ pub async fn deliver(
     let mut attempt = item.delivered.max(1);
     let mut backoff = Duration::from_millis(50);
     let mut last_progress = Instant::now();
+    // Whether this delivery waited while the replica's kill state was unknown.
+    let mut waited_blind = false;
     // Watch receivers are made only on the slow paths: most deliveries never wait.
     loop {
         if shared.cancel.is_cancelled() {
@@ -74,6 +76,7 @@ pub async fn deliver(
         }
         // Fail closed: without a known kill state nothing is delivered.
         if !shared.gates.is_ready() {
+            waited_blind = true;
             let mut ready = shared.gates.ready_rx();
             let mut to_rx = to.subscribe();
             tokio::select! {
@@ -82,6 +85,36 @@ pub async fn deliver(
                 _ = shared.cancel.cancelled() => {}
             }
             continue;
+        }
+        // What cut this replica off may have moved the consumer's pin: then another replica
+        // received this intent too and may have acted on it (rejected it while the sender was
+        // killed, say: the chaos soak saw 11 such intents delivered after the sender's resume).
+        // An intent the consumer counts as acknowledged is not acted on again.
+        if waited_blind {
+            match still_ours(&shared, &item).await {
+                Ownership::Ours => waited_blind = false,
+                Ownership::Superseded(why) => {
+                    tracing::info!(seq = item.seq, to = %item.to, from = %item.from, why, "intent acknowledged elsewhere while this replica could not tell kills; not acting on it again");
+                    return Outcome::Done;
+                }
+                Ownership::Unknown(why) => {
+                    tracing::debug!(
+                        seq = item.seq,
+                        why,
+                        "cannot tell whether the intent is still this replica's; waiting"
+                    );
+                    if last_progress.elapsed() >= cfg.ack_wait / 3 {
+                        let _ = item.msg.ack_with(AckKind::Progress).await;
+                        last_progress = Instant::now();
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shared.cancel.cancelled() => {}
+                    }
+                    backoff = (backoff * 2).min(cfg.max_retry_backoff);
+                    continue;
+                }
+            }
         }
         let flight = InFlight::enter(from.clone(), to.clone());
         if to.is_killed() {
@@ -185,6 +218,42 @@ pub async fn deliver(
             _ = shared.cancel.cancelled() => {}
         }
         backoff = (backoff * 2).min(cfg.max_retry_backoff);
+    }
+}
+
+/// Whether an intent is still this replica's to act on.
+enum Ownership {
+    Ours,
+    /// Acknowledged already (by another replica that received it too).
+    Superseded(&'static str),
+    /// The consumer's info could not be read.
+    Unknown(String),
+}
+
+/// Reads the consumer `item` came from: the intent is superseded when the ack floor has passed
+/// it, so another replica acted on it (a floor never passes an unacknowledged intent). A
+/// consumer that is gone leaves the decision as it was before this check (deliver).
+///
+/// The consumer's pinned client would say more (it names the replica that holds the pin now),
+/// but a replica re-pinned under a new id cannot tell its own new pin from another's here, and
+/// leaving its own intents for `ack_wait` would let newer ones overtake them.
+async fn still_ours(shared: &Shared, item: &Item) -> Ownership {
+    let Ok(info) = item.msg.info() else {
+        return Ownership::Ours;
+    };
+    let stream = match shared.js.get_stream_no_info(info.stream).await {
+        Ok(s) => s,
+        Err(e) => return Ownership::Unknown(e.to_string()),
+    };
+    let consumer = match stream.consumer_info(info.consumer).await {
+        Ok(c) => c,
+        Err(e) if crate::setup::is_not_found(&e) => return Ownership::Ours,
+        Err(e) => return Ownership::Unknown(e.to_string()),
+    };
+    if item.seq < crate::setup::first_unacked(&consumer) {
+        Ownership::Superseded("acknowledged by another replica")
+    } else {
+        Ownership::Ours
     }
 }
 

@@ -54,19 +54,19 @@ pub const HOLD_CHECK: std::time::Duration = std::time::Duration::from_millis(100
 
 /// How long readings whose ack floor is below one already seen are skipped before they are
 /// believed (a consumer recreated from an earlier start must not hold its intents forever).
-pub const STALE_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+const STALE_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What one read of the consumer's info says, as far as a hold is concerned.
 #[derive(Clone, Copy, Debug)]
-pub struct Reading {
+struct Reading {
     /// The ack floor's stream sequence.
-    pub acked: u64,
+    acked: u64,
     /// The first stream sequence not acknowledged ([`crate::setup::first_unacked`]).
-    pub next: u64,
+    next: u64,
     /// Deliveries not acknowledged.
-    pub unacked: usize,
+    unacked: usize,
     /// The stream sequence of the consumer's last delivery.
-    pub delivered: u64,
+    delivered: u64,
 }
 
 /// Whether a reading may be used, and for what.
@@ -302,9 +302,7 @@ impl PinHold {
         }
         all.into_iter().map(|(_, m, _)| m).collect()
     }
-}
 
-impl PinHold {
     /// Whether `reading`, taken at `now`, may be used (see the module doc).
     fn trust(&mut self, reading: Reading, now: Instant) -> Trust {
         if reading.next < self.max_next {

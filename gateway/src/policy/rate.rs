@@ -81,7 +81,7 @@ impl Cell {
     /// `g`: how long after its slot a held permit may still be used, so that a block stays
     /// usable for about 50 ms however short its slots span. Whole periods, at most an eighth
     /// of `tau`; claims conform within `tau - g` to pay for it.
-    pub fn grace_ns(self) -> u64 {
+    fn grace_ns(self) -> u64 {
         let span = (self.max_block() - 1).saturating_mul(self.period_ns);
         let g = (self.tolerance_ns() / 8).min(BLOCK_LIFE_NS.saturating_sub(span));
         g / self.period_ns * self.period_ns

@@ -46,10 +46,25 @@ impl Cluster {
     /// # Panics
     /// When `size` is 0.
     pub fn try_start(size: usize) -> Result<Cluster, HarnessError> {
+        Self::try_start_as(size, false)
+    }
+
+    /// Like [`Cluster::start`], and every node also listens for leaf nodes (regions) on a port
+    /// of its own ([`NatsServer::leafnode_port`]), as each node of a hub cluster must: a leaf
+    /// lists them all ([`crate::LeafNode::start_to_all`]) and links through another node when
+    /// its node is lost.
+    ///
+    /// # Panics
+    /// As [`Cluster::start`].
+    pub fn start_hub(size: usize) -> Cluster {
+        Self::try_start_as(size, true).unwrap_or_else(|e| panic!("mesh-testkit: hub cluster: {e}"))
+    }
+
+    fn try_start_as(size: usize, hub: bool) -> Result<Cluster, HarnessError> {
         assert!(size > 0, "mesh-testkit: a cluster needs at least one node");
         let mut attempt = 1;
         loop {
-            match Self::start_once(size) {
+            match Self::start_once(size, hub) {
                 Err(HarnessError::PortInUse { name, .. }) if attempt < PORT_ATTEMPTS => {
                     tracing::debug!(%name, attempt, "cluster port taken meanwhile; new ports");
                     attempt += 1;
@@ -63,9 +78,10 @@ impl Cluster {
         }
     }
 
-    fn start_once(size: usize) -> Result<Cluster, HarnessError> {
+    fn start_once(size: usize, hub: bool) -> Result<Cluster, HarnessError> {
         let binary = nats_server_binary()?;
-        let cluster_ports = reserve_ports(size)?;
+        let reserved = reserve_ports(if hub { 2 * size } else { size })?;
+        let (cluster_ports, leaf_ports) = reserved.split_at(size);
         let routes: Vec<String> = cluster_ports
             .iter()
             .map(|port| format!("\"nats-route://127.0.0.1:{port}\""))
@@ -75,7 +91,7 @@ impl Cluster {
         let mut pending = Vec::with_capacity(size);
         for (i, port) in cluster_ports.iter().enumerate() {
             let name = format!("n{}", i + 1);
-            let conf = node_conf(&name, *port, &routes);
+            let conf = node_conf(&name, *port, &routes, leaf_ports.get(i).copied());
             let dir = new_dir(&name)?;
             let launch = Launch::new(&name, binary.clone(), dir.path(), &conf, NODE_HEALTH)?;
             let starting = launch.spawn(None)?;
@@ -84,9 +100,11 @@ impl Cluster {
         }
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut nodes = Vec::with_capacity(size);
-        for (starting, launch, dir) in pending {
+        for (i, (starting, launch, dir)) in pending.into_iter().enumerate() {
             let (proc, ports) = launch.wait_ready(starting, deadline)?;
-            nodes.push(NatsServer::assemble(launch, dir, proc, ports));
+            let mut node = NatsServer::assemble(launch, dir, proc, ports);
+            node.set_leafnode_port(leaf_ports.get(i).copied());
+            nodes.push(node);
         }
         Ok(Cluster { nodes })
     }
@@ -197,7 +215,10 @@ fn agreed_leader<'a>(seen: &'a [(&str, Option<String>)]) -> Option<&'a str> {
 }
 
 /// The config of one node. Client and monitoring ports, store dir and log are flags.
-fn node_conf(name: &str, cluster_port: u16, routes: &[String]) -> String {
+fn node_conf(name: &str, cluster_port: u16, routes: &[String], leaf: Option<u16>) -> String {
+    let leafnodes = leaf.map_or_else(String::new, |port| {
+        format!("leafnodes {{\n  listen: \"127.0.0.1:{port}\"\n}}\n")
+    });
     format!(
         "# written by mesh-testkit; ports, store dir and log are flags\n\
          server_name: {name}\n\
@@ -206,7 +227,8 @@ fn node_conf(name: &str, cluster_port: u16, routes: &[String]) -> String {
            name: {CLUSTER_NAME}\n  \
            listen: \"127.0.0.1:{cluster_port}\"\n  \
            routes: [{routes}]\n\
-         }}\n",
+         }}\n\
+         {leafnodes}",
         routes = routes.join(", ")
     )
 }
@@ -243,9 +265,15 @@ mod tests {
     #[test]
     fn node_conf_routes_to_every_node() {
         let routes = vec!["\"nats-route://127.0.0.1:1\"".to_owned()];
-        let conf = node_conf("n1", 1, &routes);
+        let conf = node_conf("n1", 1, &routes, None);
         assert!(conf.contains("server_name: n1"));
         assert!(conf.contains("routes: [\"nats-route://127.0.0.1:1\"]"));
+        assert!(!conf.contains("leafnodes"));
+        let hub = node_conf("n1", 1, &routes, Some(2));
+        assert!(
+            hub.contains("leafnodes {\n  listen: \"127.0.0.1:2\"\n}"),
+            "{hub}"
+        );
     }
 
     #[test]

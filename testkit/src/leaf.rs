@@ -2,7 +2,8 @@
 //! can cut and restore.
 //!
 //! The leaf's remotes do not dial the hub directly: they dial a small TCP relay owned by the
-//! harness ([`Link`]), which forwards to the hub's `leafnodes { listen }` port. Cutting the link
+//! harness ([`Link`]), which forwards to the hub's `leafnodes { listen }` port (one relay per
+//! node of a hub cluster, all listed in each remote, as a deployment lists every hub node). Cutting the link
 //! closes every connection through the relay and refuses new ones, while the hub and the leaf
 //! both keep running and keep their own clients: what an outage of the network between two
 //! regions does (the leaf then retries its remotes until the link is back). Restarting or
@@ -37,8 +38,8 @@ pub struct Remote {
 pub struct LeafNode {
     /// The leaf server itself (restart, stop, kill, logs).
     server: NatsServer,
-    /// The relay between the leaf's remotes and the hub.
-    link: Link,
+    /// The relays between the leaf's remotes and the hub, one per hub node.
+    links: Vec<Link>,
     /// How many remotes the leaf has: the connections it holds when linked.
     remotes: usize,
 }
@@ -64,16 +65,47 @@ impl LeafNode {
         conf: &str,
         remotes: &[Remote],
     ) -> Result<LeafNode, HarnessError> {
-        let hub_port = hub.leafnode_port().expect(
-            "mesh-testkit: the hub has no leafnode listener; start it with start_hub_with_conf",
-        );
+        Self::try_start_to_all(std::slice::from_ref(hub), conf, remotes)
+    }
+
+    /// Like [`LeafNode::start`] for a hub cluster ([`crate::Cluster::start_hub`]): every
+    /// remote lists every node, so the leaf links through one of them and, when that node is
+    /// lost, through another.
+    ///
+    /// # Panics
+    /// When a node has no leafnode listener, `hubs` or `remotes` is empty, or the leaf does not
+    /// start or link in time.
+    pub fn start_to_all(hubs: &[NatsServer], conf: &str, remotes: &[Remote]) -> LeafNode {
+        Self::try_start_to_all(hubs, conf, remotes)
+            .unwrap_or_else(|e| panic!("mesh-testkit: leaf: {e}"))
+    }
+
+    /// Like [`LeafNode::start_to_all`], returning the error instead of panicking.
+    ///
+    /// # Panics
+    /// When a node has no leafnode listener, or `hubs` or `remotes` is empty.
+    pub fn try_start_to_all(
+        hubs: &[NatsServer],
+        conf: &str,
+        remotes: &[Remote],
+    ) -> Result<LeafNode, HarnessError> {
+        assert!(!hubs.is_empty(), "mesh-testkit: a leaf needs a hub");
         assert!(!remotes.is_empty(), "mesh-testkit: a leaf needs a remote");
-        let link = Link::open(hub_port)?;
-        let conf = leaf_conf(conf, link.port, remotes);
+        let links = hubs
+            .iter()
+            .map(|hub| {
+                Link::open(hub.leafnode_port().expect(
+                    "mesh-testkit: the hub has no leafnode listener; start it with \
+                     start_hub_with_conf or Cluster::start_hub",
+                ))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let relay_ports: Vec<u16> = links.iter().map(|l| l.port).collect();
+        let conf = leaf_conf(conf, &relay_ports, remotes);
         let server = NatsServer::try_start_with_conf(&conf)?;
         let leaf = LeafNode {
             server,
-            link,
+            links,
             remotes: remotes.len(),
         };
         leaf.try_wait_linked()?;
@@ -97,7 +129,9 @@ impl LeafNode {
     /// # Panics
     /// When the leaf still reports a connection after the harness's deadline.
     pub fn cut_link(&self) {
-        self.link.cut();
+        for link in &self.links {
+            link.cut();
+        }
         self.wait_leafs(0, "no connection to the hub after the cut")
             .unwrap_or_else(|e| panic!("mesh-testkit: leaf: {e}"));
     }
@@ -108,14 +142,16 @@ impl LeafNode {
     /// # Panics
     /// When the leaf does not link again in time.
     pub fn restore_link(&self) {
-        self.link.restore();
+        for link in &self.links {
+            link.restore();
+        }
         self.try_wait_linked()
             .unwrap_or_else(|e| panic!("mesh-testkit: leaf: {e}"));
     }
 
     /// Whether the link is cut by [`LeafNode::cut_link`].
     pub fn is_cut(&self) -> bool {
-        !self.link.state.open()
+        self.links.iter().all(|l| !l.state.open())
     }
 
     fn try_wait_linked(&self) -> Result<(), HarnessError> {
@@ -144,12 +180,20 @@ impl LeafNode {
     }
 }
 
-/// The leaf's config: the caller's text plus the remotes, all pointing at the relay.
-fn leaf_conf(conf: &str, relay_port: u16, remotes: &[Remote]) -> String {
+/// The leaf's config: the caller's text plus the remotes, each listing every relay.
+fn leaf_conf(conf: &str, relay_ports: &[u16], remotes: &[Remote]) -> String {
+    let urls: Vec<String> = relay_ports
+        .iter()
+        .map(|port| format!("\"nats-leaf://127.0.0.1:{port}\""))
+        .collect();
+    let url = match urls.as_slice() {
+        [one] => format!("url: {one}"),
+        all => format!("urls: [{}]", all.join(", ")),
+    };
     let entries: Vec<String> = remotes
         .iter()
         .map(|r| {
-            let mut fields = vec![format!("url: \"nats-leaf://127.0.0.1:{relay_port}\"")];
+            let mut fields = vec![url.clone()];
             if let Some(account) = &r.account {
                 fields.push(format!("account: \"{account}\""));
             }
@@ -297,7 +341,7 @@ mod tests {
     fn remotes_point_at_the_relay() {
         let conf = leaf_conf(
             "jetstream: disabled",
-            7,
+            &[7],
             &[Remote {
                 account: Some("AMESH".into()),
                 credentials: Some("/x/leaf.creds".into()),
@@ -307,5 +351,17 @@ mod tests {
         assert!(conf.contains(
             "{ url: \"nats-leaf://127.0.0.1:7\", account: \"AMESH\", credentials: \"/x/leaf.creds\" }"
         ));
+    }
+
+    #[test]
+    fn a_remote_of_a_hub_cluster_lists_every_relay() {
+        let conf = leaf_conf("", &[7, 8, 9], &[Remote::default()]);
+        assert!(
+            conf.contains(
+                "{ urls: [\"nats-leaf://127.0.0.1:7\", \"nats-leaf://127.0.0.1:8\", \
+                 \"nats-leaf://127.0.0.1:9\"] }"
+            ),
+            "{conf}"
+        );
     }
 }

@@ -116,8 +116,20 @@ impl NatsServer {
         }
     }
 
+    /// Records the `leafnodes { listen }` port written into a cluster node's config.
+    pub(crate) fn set_leafnode_port(&mut self, port: Option<u16>) {
+        self.leafnode_port = port;
+    }
+
+    /// How many leaf node connections this server reports on `/leafz`; `None` while it does
+    /// not answer.
+    pub fn leaf_count(&self) -> Option<usize> {
+        crate::probe::leaf_count(self.monitor_port())
+    }
+
     /// The port leaf nodes connect to, for a server started with
-    /// [`NatsServer::start_hub_with_conf`]; `None` otherwise.
+    /// [`NatsServer::start_hub_with_conf`] or a node of [`crate::Cluster::start_hub`]; `None`
+    /// otherwise.
     pub fn leafnode_port(&self) -> Option<u16> {
         self.leafnode_port
     }

@@ -16,6 +16,7 @@ use mesh_tests::agents::{self, Recorder};
 use mesh_tests::cli::{finished, mesh_cli_env, shown};
 use mesh_tests::gateways::{wait_live, GatewayTask};
 use mesh_tests::mesh::HUB_DOMAIN;
+use mesh_tests::operator::held;
 use mesh_tests::region::two_regions;
 use mesh_tests::{eventually, operator, Mesh};
 
@@ -72,19 +73,6 @@ async fn wait_held(op: &async_nats::Client, agent: &str, n: u64) {
         async move { held(&op, agent).await == n }
     })
     .await;
-}
-
-/// What waits for `agent` in its parked consumer (pending and in flight), 0 if it has none.
-async fn held(op: &async_nats::Client, agent: &str) -> u64 {
-    let js = jetstream::new(op.clone());
-    let Ok(stream) = js.get_stream("MESH_INTENTS").await else {
-        return 0;
-    };
-    stream
-        .consumer_info(&format!("in_{agent}"))
-        .await
-        .map(|i| i.num_pending + i.num_ack_pending as u64)
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

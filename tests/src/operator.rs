@@ -174,3 +174,16 @@ pub async fn kill_record(client: &async_nats::Client, agent: &str) -> Option<Kil
     let v = kv.get(agent).await.ok()??;
     decode(&v).ok()
 }
+
+/// What waits for `agent` in its parked consumer (pending and in flight), 0 if it has none.
+pub async fn held(op: &async_nats::Client, agent: &str) -> u64 {
+    let js = jetstream::new(op.clone());
+    let Ok(stream) = js.get_stream("MESH_INTENTS").await else {
+        return 0;
+    };
+    stream
+        .consumer_info(&format!("in_{agent}"))
+        .await
+        .map(|i| i.num_pending + i.num_ack_pending as u64)
+        .unwrap_or(0)
+}

@@ -2,8 +2,9 @@
 //! lost while intents flow and kills are written (`node_loss`, and `leaders` for the leaders of
 //! `KV_mesh-kill` and of the meta group), a rolling restart of every node (`rolling`), a
 //! gateway given every URL losing its node (`failover`), starting and killing while the
-//! cluster has no quorum (`quorum`), and all of it at random for a while (`chaos`). Unless a test
-//! says otherwise, each gateway gets one node's URL.
+//! cluster has no quorum (`quorum`), a region's leaf node losing the hub node it is linked
+//! through (`region`), and all of it at random for a while (`chaos`). Unless a test says
+//! otherwise, each gateway gets one node's URL.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ mod node_loss;
 mod pin;
 mod policy;
 mod quorum;
+mod region;
 mod rolling;
 
 /// Gateway settings for R3.

@@ -51,6 +51,11 @@ const MAX_KILLED: usize = 2;
 /// The kind of violation a first delivery before an older one of its pair is.
 pub const ORDER: &str = "out-of-order";
 
+/// The kind of violation a late first delivery is when the intent also has a `reject` record:
+/// two replicas acted on it differently (one rejected it while its sender was killed, the other
+/// delivered it after the resume; GUARANTEES limit 11).
+pub const REJECTED_THEN_DELIVERED: &str = "rejected-then-delivered";
+
 /// How long the end waits for every stored intent to be delivered or rejected.
 const SETTLE: Duration = Duration::from_secs(120);
 
@@ -792,10 +797,15 @@ async fn judge(
                 report.secs(b.at),
                 report.faults_before(b.at, Duration::from_secs(20))
             );
-            if asserted {
-                report.violation(ORDER, what);
+            let kind = if rejected.contains_key(&b.intent_id) {
+                REJECTED_THEN_DELIVERED
             } else {
-                report.unasserted_inversions.push(what);
+                ORDER
+            };
+            if asserted {
+                report.violation(kind, what);
+            } else {
+                report.unasserted_inversions.push(format!("{kind}: {what}"));
             }
         }
         for i in 0..*n {

@@ -285,6 +285,58 @@ async fn held_work_survives_a_cut_of_the_link_between_regions() {
     wait_held(&op_a, "worker", 0).await;
 }
 
+/// A kill made while the link between the regions is down, of an agent served only from region
+/// B: the hub's gateway confirms it alone; once the link is back, nothing reaches the agent
+/// until its resume, and then everything sent to it arrives in order, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_made_while_the_link_is_down_holds_once_it_is_back() {
+    let (mesh, region, _gw, op_a) = two_regions().await;
+    let to_worker = Recorder::default();
+    let _w_b = worker(&mesh, &region.url(), "w-b", &to_worker).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = mesh_tests::node_loss::flood(
+        mesh.agent("sender-a").await,
+        "sender-a",
+        "worker",
+        Duration::from_millis(10),
+        stop.clone(),
+    );
+    to_worker.wait_unique("sender-a", 30).await;
+
+    tokio::task::block_in_place(|| region.leaf.cut_link());
+    // Deliveries to region B fail while the link is down; the work waits at the hub.
+    let outcome = cli_json(
+        &mesh,
+        &mesh.url(),
+        &[],
+        &["kill", "worker", "--reason", "during the cut"],
+    )
+    .await;
+    assert_confirmed_by(&outcome, &["gw1"]);
+    let at_kill = to_worker.len();
+    let held_before = held(&op_a, "worker").await;
+    tokio::task::block_in_place(|| region.leaf.restore_link());
+    // Work sent after the link is back is held too, behind what waited through the cut (an
+    // intent whose reply was lost in the cut is held again as well: at least once).
+    eventually("30 more intents held after the link is back", || {
+        let op = op_a.clone();
+        async move { held(&op, "worker").await >= held_before + 30 }
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let sent = flood.await.expect("flood");
+    assert_eq!(
+        to_worker.len(),
+        at_kill,
+        "region B's instance received work after the kill"
+    );
+
+    cli(&mesh, &mesh.url(), &["resume", "worker"]).await;
+    to_worker.wait_unique("sender-a", sent).await;
+    to_worker.assert_in_order("sender-a", sent);
+    wait_held(&op_a, "worker", 0).await;
+}
+
 /// The fence of a `kill` or `resume` printed with `--json`: every live replica confirmed.
 fn assert_confirmed_by(outcome: &serde_json::Value, replicas: &[&str]) {
     assert_eq!(outcome["confirmed"], true, "{outcome}");
